@@ -1,0 +1,36 @@
+//! Shared timing for lsc's benchmarks: medians over repeated runs, printed as a table row and
+//! collected into the one JSON line each bench ends with.
+
+use std::time::Instant;
+
+/// Runs `f` `warmup` times untimed, then `reps` times, and returns the median seconds.
+pub fn median_secs(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    t[t.len() / 2]
+}
+
+/// Accumulates `"key":value` pairs for the closing JSON line.
+#[derive(Default)]
+pub struct JsonLine(Vec<String>);
+
+impl JsonLine {
+    pub fn num(&mut self, key: &str, v: f64) {
+        self.0.push(format!("\"{key}\":{v:.3}"));
+    }
+    pub fn str(&mut self, key: &str, v: &str) {
+        self.0.push(format!("\"{key}\":\"{v}\""));
+    }
+    pub fn finish(&self) -> String {
+        format!("{{{}}}", self.0.join(","))
+    }
+}

@@ -1,0 +1,99 @@
+//! `lsc train`: load the config, apply flags, train, print the summary JSON line.
+
+use anyhow::{Context, Result, bail};
+use lexopt::prelude::*;
+use lsc_train::Config;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+const USAGE: &str = "\
+usage: lsc train [--config FILE] [--epochs N] [--data DIR] [--ranks N] [--limit N]
+                 [--batch-size N] [--seed N] [--quiet] [--print-config]
+
+  --config FILE    TOML config; overrides the built-in defaults key by key
+  --epochs N       train.epochs
+  --data DIR       a directory with train/ and test/ shard sets (as `lsc data pack` writes)
+  --ranks N        train.ranks: ranks as threads (data-parallel backbone, class-sharded head)
+  --limit N        data.limit: use only the first N training records
+  --batch-size N   data.batch_size (per rank)
+  --seed N         seed
+  --quiet          no progress output; only the final JSON line
+  --print-config   print the resolved config and exit
+
+Progress goes to stderr; the last line on stdout is a JSON summary.
+";
+
+fn parse<T: std::str::FromStr>(flag: &str, v: OsString) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let s = v.to_string_lossy();
+    s.parse().map_err(|e| anyhow::anyhow!("--{flag} {s}: {e}"))
+}
+
+pub fn run(args: Vec<OsString>) -> Result<()> {
+    let mut p = lexopt::Parser::from_args(args);
+    let (mut config, mut epochs, mut data, mut ranks, mut limit, mut bs, mut seed) =
+        (None, None, None, None, None, None, None);
+    let (mut quiet, mut print) = (false, false);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("config") => config = Some(PathBuf::from(p.value()?)),
+            Long("epochs") => epochs = Some(parse::<usize>("epochs", p.value()?)?),
+            Long("data") => data = Some(PathBuf::from(p.value()?)),
+            Long("ranks") => ranks = Some(parse::<usize>("ranks", p.value()?)?),
+            Long("limit") => limit = Some(parse::<usize>("limit", p.value()?)?),
+            Long("batch-size") => bs = Some(parse::<usize>("batch-size", p.value()?)?),
+            Long("seed") => seed = Some(parse::<u64>("seed", p.value()?)?),
+            Long("quiet") => quiet = true,
+            Long("print-config") => print = true,
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("{}\n\n{USAGE}", other.unexpected()),
+        }
+    }
+    let mut cfg = match &config {
+        Some(path) => Config::load(path)?,
+        None => Config::defaults(),
+    };
+    if let Some(dir) = data {
+        if !dir.is_dir() {
+            bail!("--data {}: not a directory", dir.display());
+        }
+        cfg.data.train = dir.join("train");
+        let test = dir.join("test");
+        cfg.data.test = if test.exists() { test } else { PathBuf::new() };
+        if !cfg.data.train.exists() {
+            bail!(
+                "--data {}: no train/ shard set inside (expected {})",
+                dir.display(),
+                cfg.data.train.display()
+            );
+        }
+    }
+    if let Some(v) = epochs {
+        cfg.train.epochs = v;
+    }
+    if let Some(v) = ranks {
+        cfg.train.ranks = v;
+    }
+    if let Some(v) = limit {
+        cfg.data.limit = v;
+    }
+    if let Some(v) = bs {
+        cfg.data.batch_size = v;
+    }
+    if let Some(v) = seed {
+        cfg.seed = v;
+    }
+    cfg.validate()?;
+    if print {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let summary = lsc_train::train(&cfg, quiet).context("training failed")?;
+    println!("{}", summary.to_json());
+    Ok(())
+}

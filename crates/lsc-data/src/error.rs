@@ -1,0 +1,103 @@
+//! The crate's error types. A record's error names its location as `file:line` (1-based).
+
+use std::path::PathBuf;
+
+/// Errors from opening, reading, loading or writing datasets.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An I/O error on a named file or directory.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bad record; `location` is `file:line` (1-based) or a dataset's own [`locate`] string.
+    ///
+    /// [`locate`]: crate::Dataset::locate
+    #[error("{location}: {kind}")]
+    Record { location: String, kind: RecordError },
+    /// A line of a `file_list.txt` names a shard that cannot be read.
+    #[error("{location}: cannot read shard {}: {source}", shard.display())]
+    Shard {
+        location: String,
+        shard: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory given as a dataset has no `file_list.txt`.
+    #[error("{}: not a shard set (no file_list.txt in this directory)", dir.display())]
+    NoFileList { dir: PathBuf },
+    /// A `file_list.txt` that names no shard.
+    #[error("{}: the file list names no shard", path.display())]
+    EmptyFileList { path: PathBuf },
+    /// A malformed IDX file (Fashion-MNIST / MNIST format).
+    #[error("{}: {reason}", path.display())]
+    Idx { path: PathBuf, reason: String },
+    /// JPEG encoding failed while packing.
+    #[error("{what}: JPEG encoding failed: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: jpeg_encoder::EncodingError,
+    },
+    /// A sample index past the end of the dataset.
+    #[error("sample index {index} is out of range for a dataset of {len} records")]
+    OutOfRange { index: usize, len: usize },
+    /// An invalid argument (batch size 0, zero shards, quality out of range, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The loader's background thread panicked.
+    #[error("the batch loader thread panicked: {0}")]
+    LoaderPanicked(String),
+}
+
+/// What is wrong with one record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("empty line (every line must be `<base64 image>\\t<label>`)")]
+    EmptyLine,
+    #[error("no tab: expected `<base64 image>\\t<label>`")]
+    MissingTab,
+    #[error("more than one tab: expected `<base64 image>\\t<label>`")]
+    ExtraField,
+    #[error("empty base64 image field")]
+    EmptyImage,
+    #[error("label `{0}` is not an unsigned 32-bit integer")]
+    BadLabel(String),
+    #[error("bad base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("{0}")]
+    Image(#[from] ImageError),
+    #[error("image is {got_h}x{got_w} (HxW) but the loader expects {want_h}x{want_w}; lsc does not resize")]
+    Size {
+        want_h: usize,
+        want_w: usize,
+        got_h: usize,
+        got_w: usize,
+    },
+}
+
+/// Errors from decoding an encoded image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("empty image data")]
+    Empty,
+    #[error("bad JPEG: {0}")]
+    Jpeg(#[from] zune_jpeg::errors::DecodeErrors),
+    #[error("bad JPEG: decoder produced {got} bytes for a {h}x{w} RGB image")]
+    Size { got: usize, h: usize, w: usize },
+    #[error("bad JPEG: the decoder panicked: {0}")]
+    Panic(String),
+}
+
+/// A panic payload as text.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,177 @@
+//! im2col and col2im for one image, the building blocks of GEMM convolution.
+//!
+//! Layout: the column matrix of one `[c, h, w]` image is `[c·kh·kw, oh·ow]`, row-major, so a
+//! convolution is `W[co, c·kh·kw] · col` and lands directly in `[co, oh·ow]` (NCHW) order.
+
+/// The geometry of one 2-D convolution over one image (square stride and padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// Rows of the column matrix: `c·kh·kw`.
+    pub fn col_rows(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Columns of the column matrix: `oh·ow`.
+    pub fn col_cols(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+    /// True when the column matrix is the image itself (1×1, stride 1, no padding).
+    pub fn is_identity(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+}
+
+/// Writes the column matrix of `img` (`[c, h, w]`) into `col` (`[c·kh·kw, oh·ow]`).
+pub fn im2col(img: &[f32], g: &ConvGeom, col: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    assert_eq!(img.len(), g.c * g.h * g.w, "im2col: image length");
+    assert_eq!(col.len(), g.col_rows() * oh * ow, "im2col: column length");
+    let mut row = 0;
+    for ci in 0..g.c {
+        let plane = &img[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
+                for y in 0..oh {
+                    let iy = (y * g.stride + ky) as isize - g.pad as isize;
+                    let out_row = &mut dst[y * ow..(y + 1) * ow];
+                    if iy < 0 || iy >= g.h as isize {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (x, o) in out_row.iter_mut().enumerate() {
+                        let ix = (x * g.stride + kx) as isize - g.pad as isize;
+                        *o = if ix < 0 || ix >= g.w as isize {
+                            0.0
+                        } else {
+                            src[ix as usize]
+                        };
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Adds the column matrix `col` back into the image gradient `img` (the adjoint of [`im2col`]).
+pub fn col2im(col: &[f32], g: &ConvGeom, img: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    assert_eq!(img.len(), g.c * g.h * g.w, "col2im: image length");
+    assert_eq!(col.len(), g.col_rows() * oh * ow, "col2im: column length");
+    let mut row = 0;
+    for ci in 0..g.c {
+        let plane = &mut img[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let src = &col[row * oh * ow..(row + 1) * oh * ow];
+                for y in 0..oh {
+                    let iy = (y * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (x, &v) in src[y * ow..(y + 1) * ow].iter().enumerate() {
+                        let ix = (x * g.stride + kx) as isize - g.pad as isize;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::reference::conv2d_ref;
+    use crate::cpu::{Par, Trans, matmul};
+    use crate::rng::Rng;
+
+    fn geoms() -> Vec<ConvGeom> {
+        let mut v = Vec::new();
+        for &(c, h, w, k, s, p) in &[
+            (3, 7, 7, 3, 1, 1),
+            (2, 8, 6, 3, 2, 1),
+            (4, 5, 5, 1, 2, 0),
+            (1, 4, 4, 1, 1, 0),
+            (2, 3, 5, 3, 1, 0),
+        ] {
+            v.push(ConvGeom {
+                c,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                stride: s,
+                pad: p,
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn gemm_convolution_matches_direct() {
+        let mut rng = Rng::new(5);
+        for g in geoms() {
+            let co = 3;
+            let img: Vec<f32> = (0..g.c * g.h * g.w).map(|_| rng.normal()).collect();
+            let w: Vec<f32> = (0..co * g.col_rows()).map(|_| rng.normal()).collect();
+            let mut col = vec![0.0; g.col_rows() * g.col_cols()];
+            im2col(&img, &g, &mut col);
+            let mut out = vec![0.0; co * g.col_cols()];
+            matmul(
+                Trans::N,
+                Trans::N,
+                co,
+                g.col_cols(),
+                g.col_rows(),
+                &w,
+                &col,
+                &mut out,
+                false,
+                Par::Seq,
+            );
+            let r = conv2d_ref(&img, &w, 1, &g, co);
+            for (a, b) in out.iter().zip(&r) {
+                assert!((a - b).abs() < 1e-4, "{g:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_adjoint_of_im2col() {
+        // <im2col(x), y> == <x, col2im(y)> for all x, y.
+        let mut rng = Rng::new(6);
+        for g in geoms() {
+            let x: Vec<f32> = (0..g.c * g.h * g.w).map(|_| rng.normal()).collect();
+            let y: Vec<f32> = (0..g.col_rows() * g.col_cols()).map(|_| rng.normal()).collect();
+            let mut col = vec![0.0; y.len()];
+            im2col(&x, &g, &mut col);
+            let mut back = vec![0.0; x.len()];
+            col2im(&y, &g, &mut back);
+            let lhs: f64 = col.iter().zip(&y).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            assert!((lhs - rhs).abs() < 1e-3 * (1.0 + lhs.abs()), "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+}

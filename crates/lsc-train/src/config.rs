@@ -1,0 +1,175 @@
+//! The TOML config: built-in defaults (`defaults.toml`) overlaid by a user file and flags.
+
+use lsc_head::HeadConfig;
+use lsc_nn::ResNetConfig;
+use lsc_optim::OptimConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The defaults every config starts from.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub seed: u64,
+    pub data: DataConfig,
+    pub model: ResNetConfig,
+    pub head: HeadConfig,
+    pub optim: OptimConfig,
+    pub train: TrainConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub train: PathBuf,
+    pub test: PathBuf,
+    pub num_classes: usize,
+    pub batch_size: usize,
+    pub flip: bool,
+    pub prefetch: usize,
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub ranks: usize,
+    pub log_every: usize,
+    pub eval_every: usize,
+}
+
+/// A config that could not be read; the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {msg}")]
+    Parse { path: String, msg: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Overlays `over` onto `base`, table by table.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The built-in defaults.
+    pub fn defaults() -> Config {
+        Config::from_tables("built-in defaults", vec![]).expect("defaults.toml is valid")
+    }
+
+    /// Defaults overlaid by the TOML text `text` (from `origin`, for messages).
+    pub fn from_str_with_defaults(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        let t: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            msg: e.to_string(),
+        })?;
+        Config::from_tables(origin, vec![t])
+    }
+
+    /// Defaults overlaid by the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_str_with_defaults(&path.display().to_string(), &text)
+    }
+
+    fn from_tables(origin: &str, overs: Vec<toml::Table>) -> Result<Config, ConfigError> {
+        let mut base: toml::Table = toml::from_str(DEFAULTS).expect("defaults.toml parses");
+        for o in overs {
+            merge(&mut base, o);
+        }
+        // Round-trip through text so that an unknown or mistyped key is reported with the
+        // line it sits on and its table.
+        let text = toml::to_string(&base).expect("a table serialises");
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            msg: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks every section, naming the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let inv = ConfigError::Invalid;
+        self.model.validate().map_err(|e| inv(e.to_string()))?;
+        self.head.validate().map_err(inv)?;
+        self.optim.validate().map_err(inv)?;
+        if self.data.num_classes == 0 {
+            return Err(inv("data.num_classes must be positive".into()));
+        }
+        if self.data.batch_size == 0 {
+            return Err(inv("data.batch_size must be positive".into()));
+        }
+        if self.train.epochs == 0 {
+            return Err(inv("train.epochs must be positive".into()));
+        }
+        if self.train.ranks == 0 {
+            return Err(inv("train.ranks must be positive".into()));
+        }
+        if self.train.eval_every == 0 {
+            return Err(inv("train.eval_every must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML text (recorded with checkpoints and printed by `--dry-run`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = Config::defaults();
+        c.validate().unwrap();
+        assert_eq!(c.head.scale, 64.0);
+        assert_eq!(c.model.widths, vec![16, 32, 64, 128]);
+        // The resolved text reads back to the same config.
+        assert_eq!(Config::from_str_with_defaults("x", &c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn user_values_override_and_unknown_keys_are_named() {
+        let c = Config::from_str_with_defaults("u.toml", "[optim]\nlr = 0.5\n[train]\nepochs = 3\n").unwrap();
+        assert_eq!((c.optim.lr, c.train.epochs, c.optim.momentum), (0.5, 3, 0.9));
+        let e = Config::from_str_with_defaults("u.toml", "[optim]\nlrr = 0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("u.toml") && e.contains("lrr"), "{e}");
+        let e = Config::from_str_with_defaults("u.toml", "[optim\nlr = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("u.toml") && e.contains("line 1"), "{e}");
+        let e = Config::from_str_with_defaults("u.toml", "[head]\nloss = \"arcfase\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("arcfase"), "{e}");
+        let c = Config::from_str_with_defaults("u.toml", "[model]\nwidths = [8, 8]\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("model.widths"));
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = Config::load(Path::new("/no/such/lsc.toml")).unwrap_err().to_string();
+        assert!(e.contains("/no/such/lsc.toml"), "{e}");
+    }
+}

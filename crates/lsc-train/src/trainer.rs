@@ -1,0 +1,314 @@
+//! The training loop of one rank, the thread launcher, and evaluation.
+
+use crate::config::{Config, ConfigError};
+use crate::progress::{Clock, Progress, StepInfo, Summary};
+use lsc_comm::{CommError, Communicator, LocalComm, ReduceOp, ThreadComm};
+use lsc_data::{Base64Shards, DataError, Dataset, LoaderOptions, Record, Sampler, epoch_loader};
+use lsc_head::{HeadError, MarginSoftmax};
+use lsc_nn::{Backbone, IResNet, Mode};
+use lsc_optim::Sgd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Model(String),
+    #[error("data {path}: {source}")]
+    Open { path: String, source: DataError },
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("{source} (record {location})")]
+    Label { location: String, source: HeadError },
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The first `n` records of a dataset.
+struct Limited {
+    inner: Arc<dyn Dataset>,
+    n: usize,
+}
+
+impl Dataset for Limited {
+    fn len(&self) -> usize {
+        self.n.min(self.inner.len())
+    }
+    fn record(&self, i: usize) -> Result<Record, DataError> {
+        self.inner.record(i)
+    }
+    fn locate(&self, i: usize) -> String {
+        self.inner.locate(i)
+    }
+}
+
+fn open(path: &Path) -> Result<Arc<dyn Dataset>, TrainError> {
+    let ds = Base64Shards::open(path).map_err(|source| TrainError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Arc::new(ds))
+}
+
+/// Trains with `cfg.train.ranks` ranks (threads) and returns rank 0's summary.
+/// Progress goes to stderr unless `quiet`.
+pub fn train(cfg: &Config, quiet: bool) -> Result<Summary, TrainError> {
+    cfg.validate()?;
+    let mut train_ds = open(&cfg.data.train)?;
+    if cfg.data.limit > 0 {
+        train_ds = Arc::new(Limited {
+            inner: train_ds,
+            n: cfg.data.limit,
+        });
+    }
+    let test_ds = if cfg.data.test.as_os_str().is_empty() {
+        None
+    } else {
+        Some(open(&cfg.data.test)?)
+    };
+    let n = cfg.train.ranks;
+    if n == 1 {
+        let mut p = Progress::new(cfg.train.log_every, quiet);
+        return train_rank(cfg, &LocalComm, train_ds, test_ds, Some(&mut p));
+    }
+    let results = lsc_comm::run_ranks(n, |comm: ThreadComm| {
+        let mut p = Progress::new(cfg.train.log_every, quiet);
+        let progress = (comm.rank() == 0).then_some(&mut p);
+        train_rank(cfg, &comm, train_ds.clone(), test_ds.clone(), progress)
+    });
+    // Report the first real failure (others are usually the aborted collectives it caused).
+    let mut first_err = None;
+    let mut summary = None;
+    for (r, res) in results.into_iter().enumerate() {
+        match res {
+            Ok(s) if r == 0 => summary = Some(s),
+            Ok(_) => {}
+            Err(e) => {
+                let aborted = matches!(e, TrainError::Comm(CommError::Aborted { .. }));
+                if first_err.is_none() || (!aborted && first_err.as_ref().is_some_and(|(a, _)| *a)) {
+                    first_err = Some((aborted, e));
+                }
+            }
+        }
+    }
+    match (first_err, summary) {
+        (Some((_, e)), _) => Err(e),
+        (None, Some(s)) => Ok(s),
+        (None, None) => Err(TrainError::Other("rank 0 produced no summary".into())),
+    }
+}
+
+/// Flattens every backbone gradient into `buf`, sums it over ranks, and writes it back.
+fn all_reduce_grads(net: &mut dyn Backbone, buf: &mut Vec<f32>, comm: &dyn Communicator) -> Result<(), CommError> {
+    if comm.world_size() == 1 {
+        return Ok(());
+    }
+    buf.clear();
+    net.visit_params(&mut |p| buf.extend_from_slice(p.grad.data()));
+    comm.all_reduce(buf, ReduceOp::Sum)?;
+    let mut off = 0;
+    net.visit_params(&mut |p| {
+        let n = p.grad.numel();
+        p.grad.data_mut().copy_from_slice(&buf[off..off + n]);
+        off += n;
+    });
+    Ok(())
+}
+
+/// Makes every rank's BN running statistics rank 0's (as PLSC does before testing).
+fn broadcast_buffers(net: &mut dyn Backbone, comm: &dyn Communicator) -> Result<(), CommError> {
+    if comm.world_size() == 1 {
+        return Ok(());
+    }
+    let mut res = Ok(());
+    net.visit_buffers(&mut |_, t| {
+        if res.is_ok() {
+            res = comm.broadcast(t.data_mut(), 0);
+        }
+    });
+    res
+}
+
+/// One rank's whole run.
+fn train_rank(
+    cfg: &Config,
+    comm: &dyn Communicator,
+    train_ds: Arc<dyn Dataset>,
+    test_ds: Option<Arc<dyn Dataset>>,
+    mut progress: Option<&mut Progress>,
+) -> Result<Summary, TrainError> {
+    let t0 = Instant::now();
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let mut net = IResNet::new(&cfg.model, cfg.seed).map_err(|e| TrainError::Model(e.to_string()))?;
+    let mut head = MarginSoftmax::new(
+        &cfg.head,
+        cfg.data.num_classes,
+        cfg.model.emb_dim,
+        comm,
+        cfg.seed ^ 0x4ead,
+    );
+    let sampler = Sampler::new(train_ds.len(), cfg.seed, rank, world, true);
+    let bs = cfg.data.batch_size;
+    let steps_per_epoch = sampler.per_rank() / bs;
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Other(format!(
+            "data.train {}: {} records give {} per rank, fewer than one batch of {bs}",
+            cfg.data.train.display(),
+            train_ds.len(),
+            sampler.per_rank()
+        )));
+    }
+    let sched = cfg.optim.schedule(steps_per_epoch);
+    let mut opt_net = Sgd::new(cfg.optim.momentum, cfg.optim.weight_decay);
+    let mut opt_head = Sgd::new(cfg.optim.momentum, cfg.optim.weight_decay);
+    let [h, w] = cfg.model.input_size;
+    let opts = LoaderOptions {
+        batch_size: bs,
+        height: h,
+        width: w,
+        flip: cfg.data.flip,
+        drop_last: true,
+        seed: cfg.seed,
+        prefetch: cfg.data.prefetch,
+    };
+    let epochs = cfg.train.epochs;
+    let total_steps = epochs * steps_per_epoch;
+    let mut grad_buf = Vec::new();
+    let (mut wait, mut compute) = (Clock::default(), Clock::default());
+    let mut epoch_losses = Vec::new();
+    let mut skipped = 0;
+    let mut top1 = None;
+    let mut k = 0;
+    for epoch in 0..epochs {
+        let mut loader = epoch_loader(
+            train_ds.clone(),
+            sampler.epoch(epoch as u64),
+            opts.clone(),
+            epoch as u64,
+        );
+        let (mut sum, mut cnt, mut win, mut win_n) = (0.0f64, 0usize, 0.0f64, 0usize);
+        for step in 0..steps_per_epoch {
+            let batch = match wait.time(|| loader.next()) {
+                Some(b) => b?,
+                None => {
+                    return Err(TrainError::Other(format!(
+                        "rank {rank}: loader ended early at step {step} of epoch {}",
+                        epoch + 1
+                    )));
+                }
+            };
+            let lr = sched.lr(k);
+            let out = compute.time(|| -> Result<_, TrainError> {
+                let emb = net.forward(&batch.images, Mode::Train);
+                let s = head.forward_backward(&emb, &batch.labels, comm).map_err(|e| match e {
+                    HeadError::Label { index, .. } => TrainError::Label {
+                        location: train_ds.locate(batch.indices[index]),
+                        source: e,
+                    },
+                    e => e.into(),
+                })?;
+                if s.skipped {
+                    net.zero_grad();
+                    head.visit_params(&mut |p| p.grad.fill_zero());
+                    return Ok(s);
+                }
+                net.backward(&s.d_emb);
+                all_reduce_grads(&mut net, &mut grad_buf, comm)?;
+                opt_net.step(lr, &mut |f| net.visit_params(f));
+                opt_head.step(lr, &mut |f| head.visit_params(f));
+                Ok(s)
+            })?;
+            k += 1;
+            if out.skipped {
+                skipped += 1;
+            } else {
+                sum += out.loss as f64;
+                cnt += 1;
+                win += out.loss as f64;
+                win_n += 1;
+            }
+            if let Some(p) = progress.as_deref_mut() {
+                let busy = wait.secs() + compute.secs();
+                let ips = (k * bs * world) as f64 / busy.max(1e-9);
+                p.step(&StepInfo {
+                    epoch: epoch + 1,
+                    epochs,
+                    step: step + 1,
+                    steps: steps_per_epoch,
+                    loss: (win / win_n.max(1) as f64) as f32,
+                    lr,
+                    images_per_s: ips,
+                    data_wait_frac: wait.secs() / busy.max(1e-9),
+                    eta_s: (total_steps - k) as f64 * busy / k as f64,
+                });
+                if step + 1 == steps_per_epoch || (step + 1).is_multiple_of(cfg.train.log_every) {
+                    win = 0.0;
+                    win_n = 0;
+                }
+            }
+        }
+        let mean = if cnt > 0 { (sum / cnt as f64) as f32 } else { f32::NAN };
+        epoch_losses.push(mean);
+        let last = epoch + 1 == epochs;
+        let mut msg = format!("epoch {}/{} mean loss {:.4}", epoch + 1, epochs, mean);
+        if let Some(ds) = &test_ds
+            && (last || (epoch + 1).is_multiple_of(cfg.train.eval_every))
+        {
+            broadcast_buffers(&mut net, comm)?;
+            let acc = evaluate(&mut net, &head, ds.clone(), &opts, comm)?;
+            top1 = Some(acc);
+            msg += &format!(" test_top1 {acc:.4}");
+        }
+        if let Some(p) = progress.as_deref_mut() {
+            msg += &format!(" elapsed {:.1}s", t0.elapsed().as_secs_f64());
+            p.line(&msg);
+        }
+    }
+    let busy = wait.secs() + compute.secs();
+    Ok(Summary {
+        epochs,
+        steps: k,
+        ranks: world,
+        loss: format!("{:?}", cfg.head.loss).to_lowercase(),
+        first_epoch_loss: epoch_losses.first().copied().unwrap_or(f32::NAN),
+        final_loss: epoch_losses.last().copied().unwrap_or(f32::NAN),
+        epoch_losses,
+        test_top1: top1,
+        images_per_s: (k * bs * world) as f64 / busy.max(1e-9),
+        wall_s: t0.elapsed().as_secs_f64(),
+        data_wait_s: wait.secs(),
+        skipped_steps: skipped,
+    })
+}
+
+/// Top-1 accuracy over a whole dataset: every rank evaluates every record (in order, no
+/// flip) and the head's arg-max spans all class shards.
+pub fn evaluate(
+    net: &mut dyn Backbone,
+    head: &MarginSoftmax,
+    ds: Arc<dyn Dataset>,
+    train_opts: &LoaderOptions,
+    comm: &dyn Communicator,
+) -> Result<f32, TrainError> {
+    let opts = LoaderOptions {
+        flip: false,
+        drop_last: false,
+        ..train_opts.clone()
+    };
+    let n = ds.len();
+    let mut correct = 0usize;
+    for batch in epoch_loader(ds, (0..n).collect(), opts, 0) {
+        let batch = batch?;
+        let emb = net.forward(&batch.images, Mode::Eval);
+        let pred = head.predict(&emb, comm)?;
+        correct += pred.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
+    }
+    Ok(correct as f32 / n.max(1) as f32)
+}

@@ -1,0 +1,62 @@
+//! End to end: train the small IResNet with each head on a slice of the committed real
+//! Fashion-MNIST images and check that the loss falls and the model beats chance.
+
+use lsc_train::{Config, train};
+
+/// The built-in defaults pointed at a slice of the committed data.
+fn slice_config(records: usize, epochs: usize) -> Config {
+    let mut c = Config::defaults();
+    let d = lsc_tests::mini_dataset();
+    c.data.train = d.join("train");
+    c.data.test = d.join("test");
+    c.data.limit = records;
+    c.data.batch_size = 32;
+    c.train.epochs = epochs;
+    c.train.eval_every = epochs;
+    c.optim.warmup_epochs = 0.5;
+    c.optim.decay_epochs = vec![];
+    c
+}
+
+#[test]
+fn arcface_training_lowers_the_loss_on_real_images() {
+    let cfg = slice_config(960, 3);
+    let s = train(&cfg, true).unwrap();
+    println!("{}", s.to_json());
+    assert_eq!(s.steps, 3 * 30);
+    assert_eq!(s.skipped_steps, 0);
+    assert!(
+        s.final_loss < 0.8 * s.first_epoch_loss,
+        "loss did not drop: {:?}",
+        s.epoch_losses
+    );
+    // 10 balanced classes: chance is 0.1.
+    assert!(s.test_top1.unwrap() > 0.3, "top-1 {:?}", s.test_top1);
+}
+
+#[test]
+fn every_head_trains_and_two_thread_ranks_agree_on_the_loop() {
+    for loss in ["softmax", "cosface"] {
+        let mut cfg = slice_config(320, 2);
+        cfg.head = Config::from_str_with_defaults("test", &format!("[head]\nloss = \"{loss}\"\n"))
+            .unwrap()
+            .head;
+        let s = train(&cfg, true).unwrap();
+        assert!(s.final_loss < s.first_epoch_loss, "{loss}: {:?}", s.epoch_losses);
+    }
+    // Two ranks as threads: the batch per rank halves so the global batch is the same.
+    let mut cfg = slice_config(640, 2);
+    cfg.train.ranks = 2;
+    cfg.data.batch_size = 16;
+    let s = train(&cfg, true).unwrap();
+    assert_eq!((s.ranks, s.steps), (2, 2 * 20));
+    assert!(s.final_loss < s.first_epoch_loss, "2 ranks: {:?}", s.epoch_losses);
+}
+
+#[test]
+fn a_bad_data_path_is_named() {
+    let mut cfg = slice_config(64, 1);
+    cfg.data.train = "/no/such/shards".into();
+    let e = train(&cfg, true).unwrap_err().to_string();
+    assert!(e.contains("/no/such/shards"), "{e}");
+}
