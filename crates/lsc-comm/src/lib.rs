@@ -17,8 +17,7 @@ mod thread; // defines: ThreadComm, run_ranks, run_ranks_with_timeout, default_t
 
 pub use local::LocalComm;
 pub use thread::{
-    DEFAULT_TIMEOUT, TIMEOUT_ENV, ThreadComm, balanced_slice, default_timeout, run_ranks,
-    run_ranks_with_timeout,
+    DEFAULT_TIMEOUT, TIMEOUT_ENV, ThreadComm, balanced_slice, default_timeout, run_ranks, run_ranks_with_timeout,
 };
 
 /// How an all-reduce or reduce-scatter combines values.
@@ -52,17 +51,9 @@ pub enum CommError {
     #[error("rank {rank}: {op}: timed out after {secs:.1} s waiting for the other ranks")]
     Timeout { rank: usize, op: &'static str, secs: f64 },
     #[error("rank {rank}: {op}: the group was aborted ({why})")]
-    Aborted {
-        rank: usize,
-        op: &'static str,
-        why: String,
-    },
+    Aborted { rank: usize, op: &'static str, why: String },
     #[error("rank {rank}: {op}: invalid argument: {why}")]
-    Invalid {
-        rank: usize,
-        op: &'static str,
-        why: String,
-    },
+    Invalid { rank: usize, op: &'static str, why: String },
 }
 
 /// Collectives over a group of ranks. Every rank calls the same collectives in the same order.
@@ -107,6 +98,11 @@ pub(crate) fn check_len(rank: usize, op: &'static str, expected: usize, got: usi
     if expected == got {
         Ok(())
     } else {
-        Err(CommError::Size { rank, op, expected, got })
+        Err(CommError::Size {
+            rank,
+            op,
+            expected,
+            got,
+        })
     }
 }

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use lsc_comm::{
-    CommError, Communicator, LocalComm, ReduceOp, ThreadComm, run_ranks, run_ranks_with_timeout,
-};
+use lsc_comm::{CommError, Communicator, LocalComm, ReduceOp, ThreadComm, run_ranks, run_ranks_with_timeout};
 
 /// An engine and a world size: runs a closure once per rank of a fresh group.
 #[derive(Clone, Copy, Debug)]
@@ -110,11 +108,7 @@ fn check_all_gather(c: &dyn Communicator, inputs: &[Vec<f32>], want: &[f32]) {
     let send = &inputs[c.rank()];
     let mut recv = vec![f32::NAN; send.len() * c.world_size()];
     c.all_gather(send, &mut recv).unwrap();
-    assert_bits_eq(
-        &recv,
-        want,
-        &format!("all_gather len {} rank {}", send.len(), c.rank()),
-    );
+    assert_bits_eq(&recv, want, &format!("all_gather len {} rank {}", send.len(), c.rank()));
 }
 
 fn check_reduce_scatter(c: &dyn Communicator, inputs: &[Vec<f32>], op: ReduceOp, want: &[f32]) {
@@ -133,22 +127,14 @@ fn check_reduce_scatter(c: &dyn Communicator, inputs: &[Vec<f32>], op: ReduceOp,
 fn check_broadcast(c: &dyn Communicator, inputs: &[Vec<f32>], root: usize) {
     let mut buf = inputs[c.rank()].clone();
     c.broadcast(&mut buf, root).unwrap();
-    assert_bits_eq(
-        &buf,
-        &inputs[root],
-        &format!("broadcast root {root} rank {}", c.rank()),
-    );
+    assert_bits_eq(&buf, &inputs[root], &format!("broadcast root {root} rank {}", c.rank()));
 }
 
 #[test]
 fn ranks_and_backends() {
     for e in ENGINES {
         let got = e.run(|c| (c.rank(), c.world_size(), c.backend()));
-        let backend = if matches!(e, Engine::Local) {
-            "local"
-        } else {
-            "threads"
-        };
+        let backend = if matches!(e, Engine::Local) { "local" } else { "threads" };
         let want: Vec<_> = (0..e.world()).map(|r| (r, e.world(), backend)).collect();
         assert_eq!(got, want, "{e:?}");
     }
@@ -179,11 +165,7 @@ fn all_reduce_follows_rank_order() {
     let want = reduce_in_rank_order(&inputs, ReduceOp::Sum);
     let reversed: Vec<Vec<f32>> = inputs.iter().rev().cloned().collect();
     let reversed = reduce_in_rank_order(&reversed, ReduceOp::Sum);
-    assert!(
-        want.iter()
-            .zip(&reversed)
-            .any(|(a, b)| a.to_bits() != b.to_bits())
-    );
+    assert!(want.iter().zip(&reversed).any(|(a, b)| a.to_bits() != b.to_bits()));
     // Bit-identical on every rank and from run to run.
     for _ in 0..5 {
         Engine::Threads(n).run(|c| check_all_reduce(c, &inputs, ReduceOp::Sum, &want));
@@ -193,16 +175,10 @@ fn all_reduce_follows_rank_order() {
 #[test]
 fn all_reduce_scalar() {
     for e in ENGINES {
-        let got = e.run(|c| {
-            c.all_reduce_scalar(c.rank() as f32 + 0.5, ReduceOp::Sum)
-                .unwrap()
-        });
+        let got = e.run(|c| c.all_reduce_scalar(c.rank() as f32 + 0.5, ReduceOp::Sum).unwrap());
         let want = (0..e.world()).fold(0.0f32, |a, r| a + r as f32 + 0.5);
         assert!(got.iter().all(|&v| v == want), "{e:?} {got:?}");
-        let got = e.run(|c| {
-            c.all_reduce_scalar(-(c.rank() as f32), ReduceOp::Max)
-                .unwrap()
-        });
+        let got = e.run(|c| c.all_reduce_scalar(-(c.rank() as f32), ReduceOp::Max).unwrap());
         assert!(got.iter().all(|&v| v == 0.0), "{e:?} {got:?}");
     }
 }
@@ -244,13 +220,7 @@ fn all_gather_u32_is_exact() {
                     .collect()
             };
             let want: Vec<u32> = (0..e.world()).flat_map(send_of).collect();
-            e.run(|c| {
-                assert_eq!(
-                    c.all_gather_u32(&send_of(c.rank())).unwrap(),
-                    want,
-                    "{e:?} len {len}"
-                )
-            });
+            e.run(|c| assert_eq!(c.all_gather_u32(&send_of(c.rank())).unwrap(), want, "{e:?} len {len}"));
         }
     }
 }
@@ -292,10 +262,7 @@ fn barrier_waits_for_every_rank() {
                 }
                 arrived.fetch_add(1, Ordering::SeqCst);
                 c.barrier().unwrap();
-                assert!(
-                    arrived.load(Ordering::SeqCst) >= n * (round + 1),
-                    "{e:?} round {round}"
-                );
+                assert!(arrived.load(Ordering::SeqCst) >= n * (round + 1), "{e:?} round {round}");
             }
         });
     }
@@ -338,11 +305,7 @@ fn local_size_and_root_errors() {
 fn run_prompt<T: Send>(n: usize, f: impl Fn(ThreadComm) -> T + Sync) -> Vec<T> {
     let t = Instant::now();
     let out = run_ranks_with_timeout(n, Duration::from_secs(60), f);
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
     out
 }
 
@@ -352,15 +315,10 @@ fn size_mismatch_fails_on_every_rank() {
         // all_reduce: the last rank's buffer is one longer.
         let errs = run_prompt(n, |c| {
             let len = if c.rank() == n - 1 { 6 } else { 5 };
-            let err = c
-                .all_reduce(&mut vec![1.0; len], ReduceOp::Sum)
-                .unwrap_err();
+            let err = c.all_reduce(&mut vec![1.0; len], ReduceOp::Sum).unwrap_err();
             // The group is now aborted: the next collective fails fast.
             let next = c.barrier().unwrap_err();
-            assert!(
-                matches!(next, CommError::Aborted { op: "barrier", .. }),
-                "{next}"
-            );
+            assert!(matches!(next, CommError::Aborted { op: "barrier", .. }), "{next}");
             err
         });
         for (r, e) in errs.into_iter().enumerate() {
@@ -380,8 +338,7 @@ fn size_mismatch_fails_on_every_rank() {
         // all_gather: rank 0's recv is too short.
         let errs = run_prompt(n, |c| {
             let recv_len = if c.rank() == 0 { 2 * n - 1 } else { 2 * n };
-            c.all_gather(&[1.0, 2.0], &mut vec![0.0; recv_len])
-                .unwrap_err()
+            c.all_gather(&[1.0, 2.0], &mut vec![0.0; recv_len]).unwrap_err()
         });
         for (r, e) in errs.into_iter().enumerate() {
             assert_eq!(
@@ -412,9 +369,7 @@ fn size_mismatch_fails_on_every_rank() {
             );
         }
         // broadcast: lengths disagree.
-        let errs = run_prompt(n, |c| {
-            c.broadcast(&mut vec![0.0; 4 + c.rank()], 0).unwrap_err()
-        });
+        let errs = run_prompt(n, |c| c.broadcast(&mut vec![0.0; 4 + c.rank()], 0).unwrap_err());
         for (r, e) in errs.into_iter().enumerate() {
             assert!(
                 matches!(e, CommError::Size { rank, op: "broadcast", .. } if rank == r),
@@ -439,13 +394,10 @@ fn mismatched_calls_are_invalid() {
     for n in [2, 3] {
         // Different roots.
         let errs = run_prompt(n, |c| c.broadcast(&mut [0.0; 2], c.rank()).unwrap_err());
-        assert!(errs.iter().all(|e| matches!(
-            e,
-            CommError::Invalid {
-                op: "broadcast",
-                ..
-            }
-        )));
+        assert!(
+            errs.iter()
+                .all(|e| matches!(e, CommError::Invalid { op: "broadcast", .. }))
+        );
         // Different collectives: each rank names its own.
         let errs = run_prompt(n, |c| {
             if c.rank() == 1 {
@@ -463,20 +415,13 @@ fn mismatched_calls_are_invalid() {
         }
         // Different reduce ops.
         let errs = run_prompt(n, |c| {
-            let op = if c.rank() == 0 {
-                ReduceOp::Sum
-            } else {
-                ReduceOp::Max
-            };
+            let op = if c.rank() == 0 { ReduceOp::Sum } else { ReduceOp::Max };
             c.all_reduce(&mut [1.0; 4], op).unwrap_err()
         });
-        assert!(errs.iter().all(|e| matches!(
-            e,
-            CommError::Invalid {
-                op: "all_reduce",
-                ..
-            }
-        )));
+        assert!(
+            errs.iter()
+                .all(|e| matches!(e, CommError::Invalid { op: "all_reduce", .. }))
+        );
     }
 }
 
@@ -680,11 +625,7 @@ fn interleaving_stress() {
                 let kind = pick % 6;
                 match kind {
                     0 | 1 => {
-                        let op = if kind == 0 {
-                            ReduceOp::Sum
-                        } else {
-                            ReduceOp::Max
-                        };
+                        let op = if kind == 0 { ReduceOp::Sum } else { ReduceOp::Max };
                         let inputs = inputs(seed, n, len);
                         check_all_reduce(c, &inputs, op, &reduce_in_rank_order(&inputs, op));
                     }
@@ -694,12 +635,7 @@ fn interleaving_stress() {
                     }
                     3 => {
                         let inputs = inputs(seed, n, len * n);
-                        check_reduce_scatter(
-                            c,
-                            &inputs,
-                            ReduceOp::Sum,
-                            &reduce_in_rank_order(&inputs, ReduceOp::Sum),
-                        );
+                        check_reduce_scatter(c, &inputs, ReduceOp::Sum, &reduce_in_rank_order(&inputs, ReduceOp::Sum));
                     }
                     4 => check_broadcast(c, &inputs(seed, n, len), (pick >> 20) as usize % n),
                     _ => c.barrier().unwrap(),

@@ -154,11 +154,7 @@ impl MarginSoftmax {
     }
 
     /// Gathers the (normalised, for margin losses) embeddings of every rank.
-    fn gather(
-        &self,
-        emb: &Tensor,
-        comm: &dyn Communicator,
-    ) -> Result<Gathered, HeadError> {
+    fn gather(&self, emb: &Tensor, comm: &dyn Communicator) -> Result<Gathered, HeadError> {
         let b = self.check_emb(emb)?;
         let sizes = comm.all_gather_u32(&[b as u32])?;
         if sizes.iter().any(|&s| s != b as u32) {
@@ -173,7 +169,12 @@ impl MarginSoftmax {
         };
         let mut all = vec![0.0f32; xhat.len() * comm.world_size()];
         comm.all_gather(&xhat, &mut all)?;
-        Ok(Gathered { xhat, norms, all, bg: b * comm.world_size() })
+        Ok(Gathered {
+            xhat,
+            norms,
+            all,
+            bg: b * comm.world_size(),
+        })
     }
 
     /// Local logits `[B_g, S]`: `s·cos` (margin not yet applied) or `X·Wᵀ + b`.

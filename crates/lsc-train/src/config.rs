@@ -52,6 +52,28 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// `[table] key = value: message` for a deserialisation error in the merged text.
+fn locate(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let at = span.start.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('['))
+        .unwrap_or("(top level)");
+    if line.starts_with('[') {
+        format!("`{line}`: {}", e.message())
+    } else if line.is_empty() {
+        format!("{table}: {}", e.message())
+    } else {
+        format!("{table} `{line}`: {}", e.message())
+    }
+}
+
 /// Overlays `over` onto `base`, table by table.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
@@ -93,14 +115,13 @@ impl Config {
         for o in overs {
             merge(&mut base, o);
         }
-        // Round-trip through text so that an unknown or mistyped key is reported with the
-        // line it sits on and its table.
+        // Round-trip through text so that an unknown or mistyped key can be reported with its
+        // table and its line as it reads (the merged text's line numbers are not the user's).
         let text = toml::to_string(&base).expect("a table serialises");
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: origin.into(),
-            msg: e.to_string(),
-        })?;
-        Ok(cfg)
+            msg: locate(&text, &e),
+        })
     }
 
     /// Checks every section, naming the offending key.

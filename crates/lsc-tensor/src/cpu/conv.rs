@@ -36,6 +36,20 @@ impl ConvGeom {
     }
 }
 
+/// The output columns `[x0, x1)` whose input column `x·stride + kx − pad` lies inside
+/// `[0, w)`: outside them the column matrix holds padding zeros.
+fn valid_cols(ow: usize, w: usize, stride: usize, kx: usize, pad: usize) -> (usize, usize) {
+    // x·s + kx ≥ pad  ⇔  x ≥ ceil((pad − kx) / s)
+    let x0 = if kx >= pad { 0 } else { (pad - kx).div_ceil(stride) };
+    // x·s + kx − pad ≤ w − 1  ⇔  x ≤ (w − 1 + pad − kx) / s
+    let x1 = if w + pad > kx {
+        ((w - 1 + pad - kx) / stride + 1).min(ow)
+    } else {
+        0
+    };
+    (x0.min(x1), x1)
+}
+
 /// Writes the column matrix of `img` (`[c, h, w]`) into `col` (`[c·kh·kw, oh·ow]`).
 pub fn im2col(img: &[f32], g: &ConvGeom, col: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
@@ -46,6 +60,7 @@ pub fn im2col(img: &[f32], g: &ConvGeom, col: &mut [f32]) {
         let plane = &img[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
+                let (x0, x1) = valid_cols(ow, g.w, g.stride, kx, g.pad);
                 let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
                 for y in 0..oh {
                     let iy = (y * g.stride + ky) as isize - g.pad as isize;
@@ -55,13 +70,17 @@ pub fn im2col(img: &[f32], g: &ConvGeom, col: &mut [f32]) {
                         continue;
                     }
                     let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (x, o) in out_row.iter_mut().enumerate() {
-                        let ix = (x * g.stride + kx) as isize - g.pad as isize;
-                        *o = if ix < 0 || ix >= g.w as isize {
-                            0.0
+                    out_row[..x0].fill(0.0);
+                    out_row[x1..].fill(0.0);
+                    if x1 > x0 {
+                        let start = x0 * g.stride + kx - g.pad;
+                        if g.stride == 1 {
+                            out_row[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
                         } else {
-                            src[ix as usize]
-                        };
+                            for (o, s) in out_row[x0..x1].iter_mut().zip(src[start..].iter().step_by(g.stride)) {
+                                *o = *s;
+                            }
+                        }
                     }
                 }
                 row += 1;
@@ -80,17 +99,23 @@ pub fn col2im(col: &[f32], g: &ConvGeom, img: &mut [f32]) {
         let plane = &mut img[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
+                let (x0, x1) = valid_cols(ow, g.w, g.stride, kx, g.pad);
                 let src = &col[row * oh * ow..(row + 1) * oh * ow];
                 for y in 0..oh {
                     let iy = (y * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy >= g.h as isize {
+                    if iy < 0 || iy >= g.h as isize || x1 <= x0 {
                         continue;
                     }
                     let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (x, &v) in src[y * ow..(y + 1) * ow].iter().enumerate() {
-                        let ix = (x * g.stride + kx) as isize - g.pad as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += v;
+                    let start = x0 * g.stride + kx - g.pad;
+                    let vals = &src[y * ow + x0..y * ow + x1];
+                    if g.stride == 1 {
+                        for (d, v) in dst[start..start + vals.len()].iter_mut().zip(vals) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, v) in dst[start..].iter_mut().step_by(g.stride).zip(vals) {
+                            *d += v;
                         }
                     }
                 }
@@ -115,6 +140,10 @@ mod tests {
             (4, 5, 5, 1, 2, 0),
             (1, 4, 4, 1, 1, 0),
             (2, 3, 5, 3, 1, 0),
+            (2, 7, 7, 3, 2, 1),
+            (1, 6, 5, 5, 2, 2),
+            (2, 2, 2, 3, 2, 1),
+            (1, 5, 5, 3, 3, 0),
         ] {
             v.push(ConvGeom {
                 c,
