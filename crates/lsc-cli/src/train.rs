@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 const USAGE: &str = "\
 usage: lsc train [--config FILE] [--epochs N] [--data DIR] [--ranks N] [--limit N]
-                 [--batch-size N] [--seed N] [--quiet] [--print-config]
+                 [--batch-size N] [--seed N] [--quiet] [--print-config] [--profile]
 
   --config FILE    TOML config; overrides the built-in defaults key by key
   --epochs N       train.epochs
@@ -19,6 +19,7 @@ usage: lsc train [--config FILE] [--epochs N] [--data DIR] [--ranks N] [--limit 
   --seed N         seed
   --quiet          no progress output; only the final JSON line
   --print-config   print the resolved config and exit
+  --profile        time each layer type and print the table (seconds, share, GFLOP/s) at the end
 
 Progress goes to stderr; the last line on stdout is a JSON summary.
 ";
@@ -35,7 +36,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     let mut p = lexopt::Parser::from_args(args);
     let (mut config, mut epochs, mut data, mut ranks, mut limit, mut bs, mut seed) =
         (None, None, None, None, None, None, None);
-    let (mut quiet, mut print) = (false, false);
+    let (mut quiet, mut print, mut prof) = (false, false, false);
     while let Some(arg) = p.next()? {
         match arg {
             Long("config") => config = Some(PathBuf::from(p.value()?)),
@@ -47,6 +48,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             Long("seed") => seed = Some(parse::<u64>("seed", p.value()?)?),
             Long("quiet") => quiet = true,
             Long("print-config") => print = true,
+            Long("profile") => prof = true,
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(());
@@ -93,7 +95,11 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
+    lsc_nn::profile::enable(prof);
     let summary = lsc_train::train(&cfg, quiet).context("training failed")?;
+    if prof {
+        eprint!("{}", lsc_nn::profile::report());
+    }
     println!("{}", summary.to_json());
     Ok(())
 }

@@ -49,35 +49,87 @@ impl BatchNorm {
         }
     }
 
-    /// Per-channel sums of `f(plane)` over the batch, accumulated in f64.
-    fn channel_sums(&self, data: &[f32], hw: usize, f: impl Fn(usize, &[f32]) -> f64 + Sync) -> Vec<f64> {
+    /// Per-channel totals of the pair `f(channel, plane)` over the batch, in f64.
+    fn channel_sums2(
+        &self,
+        data: &[f32],
+        hw: usize,
+        f: impl Fn(usize, &[f32]) -> (f64, f64) + Sync,
+    ) -> (Vec<f64>, Vec<f64>) {
         let c = self.c;
-        let planes: Vec<f64> = data
+        let planes: Vec<(f64, f64)> = data
             .par_chunks(hw.max(1))
             .enumerate()
             .map(|(i, p)| f(i % c, p))
             .collect();
-        let mut s = vec![0.0f64; c];
-        for (i, v) in planes.iter().enumerate() {
-            s[i % c] += v;
+        let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for (i, (u, v)) in planes.iter().enumerate() {
+            a[i % c] += u;
+            b[i % c] += v;
         }
-        s
+        (a, b)
     }
+}
+
+/// (Σ (x − k), Σ (x − k)²) of one plane, in 8 f32 lanes, returned in f64.
+fn plane_sums(p: &[f32], k: f32) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f32; 8], [0.0f32; 8]);
+    let mut chunks = p.chunks_exact(8);
+    for ch in &mut chunks {
+        for l in 0..8 {
+            let d = ch[l] - k;
+            s1[l] += d;
+            s2[l] += d * d;
+        }
+    }
+    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+    for &v in chunks.remainder() {
+        let d = (v - k) as f64;
+        t1 += d;
+        t2 += d * d;
+    }
+    (
+        t1 + s1.iter().map(|&v| v as f64).sum::<f64>(),
+        t2 + s2.iter().map(|&v| v as f64).sum::<f64>(),
+    )
+}
+
+/// (Σ dy, Σ dy·x̂) of one plane, in 8 f32 lanes, returned in f64.
+fn plane_dots(dy: &[f32], xh: &[f32]) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f32; 8], [0.0f32; 8]);
+    let (mut a, mut b) = (dy.chunks_exact(8), xh.chunks_exact(8));
+    for (d, h) in (&mut a).zip(&mut b) {
+        for l in 0..8 {
+            s1[l] += d[l];
+            s2[l] += d[l] * h[l];
+        }
+    }
+    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+    for (&d, &h) in a.remainder().iter().zip(b.remainder()) {
+        t1 += d as f64;
+        t2 += d as f64 * h as f64;
+    }
+    (
+        t1 + s1.iter().map(|&v| v as f64).sum::<f64>(),
+        t2 + s2.iter().map(|&v| v as f64).sum::<f64>(),
+    )
 }
 
 impl Layer for BatchNorm {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+        let _t = crate::profile::scope("bn.fwd", 0.0);
         let (n, hw) = dims(x, self.c, &self.name);
         let c = self.c;
         let count = (n * hw) as f64;
         let (mean, inv_std): (Vec<f32>, Vec<f32>) = if mode == Mode::Train {
-            let sums = self.channel_sums(x.data(), hw, |_, p| p.iter().map(|&v| v as f64).sum());
-            let mean: Vec<f64> = sums.iter().map(|s| s / count).collect();
-            let sq = self.channel_sums(x.data(), hw, |ch, p| {
-                let m = mean[ch];
-                p.iter().map(|&v| (v as f64 - m).powi(2)).sum()
-            });
-            let var: Vec<f64> = sq.iter().map(|s| s / count).collect();
+            // One pass of shifted sums (x − k, k = the channel's first value) keeps
+            // E[(x−k)²] − E[x−k]² free of cancellation when the mean is large.
+            let shift: Vec<f32> = (0..c).map(|ch| x.data()[ch * hw]).collect();
+            let (s1, s2) = self.channel_sums2(x.data(), hw, |ch, p| plane_sums(p, shift[ch]));
+            let mean: Vec<f64> = (0..c).map(|ch| shift[ch] as f64 + s1[ch] / count).collect();
+            let var: Vec<f64> = (0..c)
+                .map(|ch| (s2[ch] / count - (s1[ch] / count).powi(2)).max(0.0))
+                .collect();
             let m = self.momentum;
             let unbias = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
             for ch in 0..c {
@@ -144,21 +196,22 @@ impl Layer for BatchNorm {
     }
 
     fn backward(&mut self, dy: &Tensor) -> Tensor {
+        let _t = crate::profile::scope("bn.bwd", 0.0);
         assert_eq!(dy.shape(), self.xhat.shape(), "{}: output gradient shape", self.name);
         let (n, hw) = dims(dy, self.c, &self.name);
         let c = self.c;
         let count = (n * hw) as f64;
         let xhat = self.xhat.data();
-        let dsum = self.channel_sums(dy.data(), hw, |_, p| p.iter().map(|&v| v as f64).sum());
-        let planes: Vec<f64> = dy
+        let planes: Vec<(f64, f64)> = dy
             .data()
             .par_chunks(hw.max(1))
             .zip(xhat.par_chunks(hw.max(1)))
-            .map(|(d, h)| d.iter().zip(h).map(|(&a, &b)| a as f64 * b as f64).sum())
+            .map(|(d, h)| plane_dots(d, h))
             .collect();
-        let mut dxh = vec![0.0f64; c];
-        for (i, v) in planes.iter().enumerate() {
-            dxh[i % c] += v;
+        let (mut dsum, mut dxh) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for (i, (a, b)) in planes.iter().enumerate() {
+            dsum[i % c] += a;
+            dxh[i % c] += b;
         }
         for ch in 0..c {
             self.weight.grad.data_mut()[ch] += dxh[ch] as f32;
@@ -217,6 +270,19 @@ mod tests {
         let mut bn = randomized(5, &mut rng);
         let x = Tensor::randn(&[6, 5], 2.0, &mut rng);
         check_layer(&mut bn, &x, &CheckOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn statistics_survive_a_large_mean() {
+        let mut rng = Rng::new(11);
+        let mut bn = BatchNorm::new("bn", 1, 2e-5, 1.0);
+        let mut x = Tensor::randn(&[16, 1, 5, 5], 1.0, &mut rng);
+        for v in x.data_mut() {
+            *v += 1e4;
+        }
+        let y = bn.forward(&x, Mode::Train);
+        let var: f64 = y.data().iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / 400.0;
+        assert!((var - 1.0).abs() < 0.02, "normalised variance {var}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! 2-D convolution without bias, as im2col + GEMM per image, images in parallel.
+//! 2-D convolution without bias, as im2col + GEMM over groups of images, groups in parallel.
 
 use crate::{Layer, Mode, Param};
-use lsc_tensor::cpu::{ConvGeom, Par, Trans, col2im, im2col, matmul};
+use lsc_tensor::cpu::{ConvGeom, Par, Trans, col2im_ld, im2col_ld, matmul};
 use lsc_tensor::{Rng, Tensor};
 use rayon::prelude::*;
 
@@ -69,28 +69,60 @@ impl Conv2d {
     }
 }
 
+/// A GEMM should span at least this many output columns to run near the kernel's peak.
+const TARGET_COLS: usize = 256;
+
+/// Images per GEMM: enough for `TARGET_COLS` columns, but leaving at least two groups per
+/// rayon thread when the batch allows, since groups run in parallel.
+fn group_size(n: usize, cols: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let want = TARGET_COLS.div_ceil(cols.max(1));
+    want.min((n / (2 * threads)).max(1)).clamp(1, n.max(1))
+}
+
 impl Layer for Conv2d {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
         let g = self.geom(x);
         let n = x.dim(0);
+        let _t = crate::profile::scope("conv.fwd", (n * self.flops(g.h, g.w)) as f64);
         let (rows, cols) = (g.col_rows(), g.col_cols());
         let in_sz = g.c * g.h * g.w;
-        let mut y = Tensor::zeros(&[n, self.cout, g.out_h(), g.out_w()]);
-        let w = self.weight.value.data();
         let cout = self.cout;
+        let mut y = Tensor::zeros(&[n, cout, g.out_h(), g.out_w()]);
+        let w = self.weight.value.data();
+        let gs = group_size(n, cols);
+        // Each group of images: columns side by side in one [rows, m·cols] matrix, one GEMM
+        // into [cout, m·cols], then scattered to NCHW.
         y.data_mut()
-            .par_chunks_mut(cout * cols)
-            .zip(x.data().par_chunks(in_sz))
+            .par_chunks_mut(gs * cout * cols)
+            .zip(x.data().par_chunks(gs * in_sz))
             .for_each_init(
-                || vec![0.0f32; if g.is_identity() { 0 } else { rows * cols }],
-                |col, (out, img)| {
-                    let colm: &[f32] = if g.is_identity() {
-                        img
-                    } else {
-                        im2col(img, &g, col);
-                        col
-                    };
-                    matmul(Trans::N, Trans::N, cout, cols, rows, w, colm, out, false, Par::Seq);
+                || {
+                    (
+                        vec![0.0f32; rows * gs * cols],
+                        vec![0.0f32; if gs > 1 { cout * gs * cols } else { 0 }],
+                    )
+                },
+                |(col, tmp), (yg, xg)| {
+                    let m = xg.len() / in_sz;
+                    let ld = m * cols;
+                    if m == 1 && g.is_identity() {
+                        matmul(Trans::N, Trans::N, cout, cols, rows, w, xg, yg, false, Par::Seq);
+                        return;
+                    }
+                    for (j, img) in xg.chunks(in_sz).enumerate() {
+                        im2col_ld(img, &g, &mut col[j * cols..], ld);
+                    }
+                    if m == 1 {
+                        matmul(Trans::N, Trans::N, cout, cols, rows, w, col, yg, false, Par::Seq);
+                        return;
+                    }
+                    matmul(Trans::N, Trans::N, cout, ld, rows, w, col, tmp, false, Par::Seq);
+                    for (j, yi) in yg.chunks_mut(cout * cols).enumerate() {
+                        for (co, yr) in yi.chunks_mut(cols).enumerate() {
+                            yr.copy_from_slice(&tmp[co * ld + j * cols..co * ld + (j + 1) * cols]);
+                        }
+                    }
                 },
             );
         if mode == Mode::Train {
@@ -103,6 +135,8 @@ impl Layer for Conv2d {
         let x = &self.x;
         let g = self.geom(x);
         let n = x.dim(0);
+        let passes = if self.input_grad { 2 } else { 1 };
+        let _t = crate::profile::scope("conv.bwd", (passes * n * self.flops(g.h, g.w)) as f64);
         let (rows, cols) = (g.col_rows(), g.col_cols());
         let in_sz = g.c * g.h * g.w;
         let cout = self.cout;
@@ -114,46 +148,70 @@ impl Layer for Conv2d {
         );
         let w = self.weight.value.data();
         let want_dx = self.input_grad;
+        let gs = group_size(n, cols);
         let mut dx = if want_dx {
             Tensor::zeros(x.shape())
         } else {
             Tensor::default()
         };
+        let groups = n.div_ceil(gs);
         let dx_chunks: Vec<Option<&mut [f32]>> = if want_dx {
-            dx.data_mut().chunks_mut(in_sz).map(Some).collect()
+            dx.data_mut().chunks_mut(gs * in_sz).map(Some).collect()
         } else {
-            (0..n).map(|_| None).collect()
+            (0..groups).map(|_| None).collect()
         };
-        // Each fold state owns a partial dW and a column buffer; the partials are summed after.
+        // Each fold state owns a partial dW and scratch; the partials are summed after.
         let dw = dy
             .data()
-            .par_chunks(cout * cols)
-            .zip(x.data().par_chunks(in_sz))
+            .par_chunks(gs * cout * cols)
+            .zip(x.data().par_chunks(gs * in_sz))
             .zip(dx_chunks.into_par_iter())
             .fold(
-                || (vec![0.0f32; cout * rows], vec![0.0f32; rows * cols]),
-                |(mut dw, mut col), ((dyi, img), dxi)| {
-                    let colm: &[f32] = if g.is_identity() {
-                        img
-                    } else {
-                        im2col(img, &g, &mut col);
-                        &col
-                    };
-                    // dW += dY · colᵀ
-                    matmul(Trans::N, Trans::T, cout, rows, cols, dyi, colm, &mut dw, true, Par::Seq);
-                    if let Some(dxi) = dxi {
-                        if g.is_identity() {
-                            matmul(Trans::T, Trans::N, rows, cols, cout, w, dyi, dxi, false, Par::Seq);
-                        } else {
-                            // dcol = Wᵀ · dY, then scatter back to the image.
-                            matmul(Trans::T, Trans::N, rows, cols, cout, w, dyi, &mut col, false, Par::Seq);
-                            col2im(&col, &g, dxi);
+                || {
+                    (
+                        vec![0.0f32; cout * rows],
+                        vec![0.0f32; rows * gs * cols],
+                        vec![0.0f32; if gs > 1 { cout * gs * cols } else { 0 }],
+                    )
+                },
+                |(mut dw, mut col, mut dyg), ((dyc, xg), dxg)| {
+                    let m = xg.len() / in_sz;
+                    let ld = m * cols;
+                    let direct = m == 1 && g.is_identity();
+                    if !direct {
+                        for (j, img) in xg.chunks(in_sz).enumerate() {
+                            im2col_ld(img, &g, &mut col[j * cols..], ld);
                         }
                     }
-                    (dw, col)
+                    let colm: &[f32] = if direct { xg } else { &col };
+                    // dY of the group as one [cout, m·cols] matrix.
+                    let dym: &[f32] = if m == 1 {
+                        dyc
+                    } else {
+                        for (j, di) in dyc.chunks(cout * cols).enumerate() {
+                            for (co, dr) in di.chunks(cols).enumerate() {
+                                dyg[co * ld + j * cols..co * ld + (j + 1) * cols].copy_from_slice(dr);
+                            }
+                        }
+                        &dyg
+                    };
+                    // dW += dY · colᵀ
+                    matmul(Trans::N, Trans::T, cout, rows, ld, dym, colm, &mut dw, true, Par::Seq);
+                    if let Some(dxg) = dxg {
+                        if direct {
+                            matmul(Trans::T, Trans::N, rows, cols, cout, w, dym, dxg, false, Par::Seq);
+                        } else {
+                            // dcol = Wᵀ · dY, then scattered back to each image.
+                            matmul(Trans::T, Trans::N, rows, ld, cout, w, dym, &mut col, false, Par::Seq);
+                            for (j, dxi) in dxg.chunks_mut(in_sz).enumerate() {
+                                col2im_ld(&col[j * cols..], &g, dxi, ld);
+                            }
+                        }
+                    }
+                    (dw, col, dyg)
                 },
             )
-            .map(|(dw, _)| dw)
+            .map(|(dw, _, _)| dw)
             .reduce_with(|mut a, b| {
                 for (x, y) in a.iter_mut().zip(&b) {
                     *x += y;
@@ -189,10 +247,12 @@ mod tests {
             (3, 2, 1, 1, 0, 5),
         ] {
             let mut c = Conv2d::new("c", cin, cout, k, s, p, &mut rng);
-            let x = Tensor::randn(&[3, cin, h, h], 1.0, &mut rng);
+            // 11 images: several groups of several images, and a ragged last group.
+            let x = Tensor::randn(&[11, cin, h, h], 1.0, &mut rng);
             let y = c.forward(&x, Mode::Eval);
             let g = c.geom(&x);
-            let r = conv2d_ref(x.data(), c.weight.value.data(), 3, &g, cout);
+            assert!(group_size(11, g.col_cols()) > 1);
+            let r = conv2d_ref(x.data(), c.weight.value.data(), 11, &g, cout);
             for (a, b) in y.data().iter().zip(&r) {
                 assert!((a - b).abs() < 1e-4);
             }
@@ -209,8 +269,10 @@ mod tests {
             (2, 2, 1, 1, 0, 3),
         ] {
             let mut c = Conv2d::new("c", cin, cout, k, s, p, &mut rng);
-            let x = Tensor::randn(&[2, cin, h, h], 1.0, &mut rng);
-            check_layer(&mut c, &x, &CheckOptions::default()).unwrap();
+            for n in [2, 9] {
+                let x = Tensor::randn(&[n, cin, h, h], 1.0, &mut rng);
+                check_layer(&mut c, &x, &CheckOptions::default()).unwrap();
+            }
         }
     }
 

@@ -13,6 +13,7 @@ pub mod gradcheck; // defines: check_layer, finite-difference gradient checks
 mod layer; // defines: Layer, Param, Mode, Backbone
 mod linear; // defines: Linear
 mod prelu; // defines: PRelu
+pub mod profile; // defines: per-layer-type timing (scope, report)
 pub mod resnet; // defines: IResNet, IrUnit, ResNetConfig
 
 pub use bn::BatchNorm;

@@ -42,6 +42,7 @@ impl Linear {
 impl Layer for Linear {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
         let n = self.rows(x);
+        let _t = crate::profile::scope("fc.fwd", (2 * n * self.din * self.dout) as f64);
         let mut y = Tensor::zeros(&[n, self.dout]);
         for row in y.data_mut().chunks_mut(self.dout) {
             row.copy_from_slice(self.bias.value.data());
@@ -66,6 +67,7 @@ impl Layer for Linear {
 
     fn backward(&mut self, dy: &Tensor) -> Tensor {
         let n = self.rows(&self.x);
+        let _t = crate::profile::scope("fc.bwd", (4 * n * self.din * self.dout) as f64);
         assert_eq!(
             dy.shape(),
             &[n, self.dout],

@@ -3,6 +3,7 @@
 
 use crate::{Layer, Mode, Param};
 use lsc_tensor::Tensor;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Where PReLU's α varies.
@@ -44,29 +45,26 @@ impl PRelu {
         );
         x.shape()[2..].iter().product::<usize>().max(1)
     }
-
-    fn alpha_index(&self, plane_idx: usize) -> usize {
-        if self.weight.value.numel() == 1 {
-            0
-        } else {
-            plane_idx % self.c
-        }
-    }
 }
 
 impl Layer for PRelu {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+        let _t = crate::profile::scope("prelu.fwd", 0.0);
         let hw = self.plane(x);
         let a = self.weight.value.data();
-        let mut y = x.clone();
-        for (i, p) in y.data_mut().chunks_mut(hw).enumerate() {
-            let al = a[self.alpha_index(i)];
-            for v in p {
-                if *v <= 0.0 {
-                    *v *= al;
+        let shared = a.len() == 1;
+        let c = self.c;
+        let mut y = Tensor::zeros(x.shape());
+        y.data_mut()
+            .par_chunks_mut(hw)
+            .zip(x.data().par_chunks(hw))
+            .enumerate()
+            .for_each(|(i, (yp, xp))| {
+                let al = a[if shared { 0 } else { i % c }];
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = if v > 0.0 { v } else { al * v };
                 }
-            }
-        }
+            });
         if mode == Mode::Train {
             self.x.clone_from(x);
         }
@@ -74,6 +72,7 @@ impl Layer for PRelu {
     }
 
     fn backward(&mut self, dy: &Tensor) -> Tensor {
+        let _t = crate::profile::scope("prelu.bwd", 0.0);
         assert_eq!(
             dy.shape(),
             self.x.shape(),
@@ -81,20 +80,34 @@ impl Layer for PRelu {
             self.weight.name
         );
         let hw = self.plane(dy);
-        let mut dx = dy.clone();
-        let mut da = vec![0.0f64; self.weight.value.numel()];
-        for (i, (d, x)) in dx.data_mut().chunks_mut(hw).zip(self.x.data().chunks(hw)).enumerate() {
-            let k = self.alpha_index(i);
-            let al = self.weight.value.data()[k];
-            for (dv, &xv) in d.iter_mut().zip(x) {
-                if xv <= 0.0 {
-                    da[k] += *dv as f64 * xv as f64;
-                    *dv *= al;
+        let a = self.weight.value.data();
+        let shared = a.len() == 1;
+        let c = self.c;
+        let mut dx = Tensor::zeros(dy.shape());
+        // Per plane: dx, and the plane's contribution to dα (Σ dy·x over x ≤ 0).
+        let da_planes: Vec<f64> = dx
+            .data_mut()
+            .par_chunks_mut(hw)
+            .zip(dy.data().par_chunks(hw))
+            .zip(self.x.data().par_chunks(hw))
+            .enumerate()
+            .map(|(i, ((dxp, dyp), xp))| {
+                let al = a[if shared { 0 } else { i % c }];
+                let mut da = 0.0f32;
+                for ((o, &d), &v) in dxp.iter_mut().zip(dyp).zip(xp) {
+                    if v > 0.0 {
+                        *o = d;
+                    } else {
+                        *o = al * d;
+                        da += d * v;
+                    }
                 }
-            }
-        }
-        for (g, d) in self.weight.grad.data_mut().iter_mut().zip(&da) {
-            *g += *d as f32;
+                da as f64
+            })
+            .collect();
+        let g = self.weight.grad.data_mut();
+        for (i, d) in da_planes.iter().enumerate() {
+            g[if shared { 0 } else { i % c }] += *d as f32;
         }
         dx
     }

@@ -192,6 +192,7 @@ impl Layer for IrUnit {
             }
             None => x.clone(),
         };
+        let _t = crate::profile::scope("add", 0.0);
         h.add_assign(&short).expect("IR unit: branch shapes agree");
         h
     }

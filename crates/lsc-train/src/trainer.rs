@@ -5,7 +5,7 @@ use crate::progress::{Clock, Progress, StepInfo, Summary};
 use lsc_comm::{CommError, Communicator, LocalComm, ReduceOp, ThreadComm};
 use lsc_data::{Base64Shards, DataError, Dataset, LoaderOptions, Record, Sampler, epoch_loader};
 use lsc_head::{HeadError, MarginSoftmax};
-use lsc_nn::{Backbone, IResNet, Mode};
+use lsc_nn::{Backbone, IResNet, Mode, profile};
 use lsc_optim::Sgd;
 use std::path::Path;
 use std::sync::Arc;
@@ -207,6 +207,7 @@ fn train_rank(
             let lr = sched.lr(k);
             let out = compute.time(|| -> Result<_, TrainError> {
                 let emb = net.forward(&batch.images, Mode::Train);
+                let timer = profile::scope("head", 0.0);
                 let s = head.forward_backward(&emb, &batch.labels, comm).map_err(|e| match e {
                     HeadError::Label { index, .. } => TrainError::Label {
                         location: train_ds.locate(batch.indices[index]),
@@ -214,13 +215,18 @@ fn train_rank(
                     },
                     e => e.into(),
                 })?;
+                drop(timer);
                 if s.skipped {
                     net.zero_grad();
                     head.visit_params(&mut |p| p.grad.fill_zero());
                     return Ok(s);
                 }
                 net.backward(&s.d_emb);
-                all_reduce_grads(&mut net, &mut grad_buf, comm)?;
+                {
+                    let _t = profile::scope("allreduce", 0.0);
+                    all_reduce_grads(&mut net, &mut grad_buf, comm)?;
+                }
+                let _t = profile::scope("optim", 0.0);
                 opt_net.step(lr, &mut |f| net.visit_params(f));
                 opt_head.step(lr, &mut |f| head.visit_params(f));
                 Ok(s)

@@ -52,16 +52,27 @@ fn valid_cols(ow: usize, w: usize, stride: usize, kx: usize, pad: usize) -> (usi
 
 /// Writes the column matrix of `img` (`[c, h, w]`) into `col` (`[c·kh·kw, oh·ow]`).
 pub fn im2col(img: &[f32], g: &ConvGeom, col: &mut [f32]) {
+    assert_eq!(col.len(), g.col_rows() * g.col_cols(), "im2col: column length");
+    im2col_ld(img, g, col, g.col_cols());
+}
+
+/// [`im2col`] into a matrix whose rows are `ld ≥ oh·ow` apart: row `r` of this image's
+/// columns is `col[r·ld .. r·ld + oh·ow]`. Several images side by side in one matrix (each
+/// starting at its own column offset) make one wide GEMM.
+pub fn im2col_ld(img: &[f32], g: &ConvGeom, col: &mut [f32], ld: usize) {
     let (oh, ow) = (g.out_h(), g.out_w());
     assert_eq!(img.len(), g.c * g.h * g.w, "im2col: image length");
-    assert_eq!(col.len(), g.col_rows() * oh * ow, "im2col: column length");
+    assert!(
+        ld >= oh * ow && col.len() >= (g.col_rows() - 1) * ld + oh * ow,
+        "im2col: column matrix too small"
+    );
     let mut row = 0;
     for ci in 0..g.c {
         let plane = &img[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let (x0, x1) = valid_cols(ow, g.w, g.stride, kx, g.pad);
-                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
+                let dst = &mut col[row * ld..row * ld + oh * ow];
                 for y in 0..oh {
                     let iy = (y * g.stride + ky) as isize - g.pad as isize;
                     let out_row = &mut dst[y * ow..(y + 1) * ow];
@@ -91,16 +102,25 @@ pub fn im2col(img: &[f32], g: &ConvGeom, col: &mut [f32]) {
 
 /// Adds the column matrix `col` back into the image gradient `img` (the adjoint of [`im2col`]).
 pub fn col2im(col: &[f32], g: &ConvGeom, img: &mut [f32]) {
+    assert_eq!(col.len(), g.col_rows() * g.col_cols(), "col2im: column length");
+    col2im_ld(col, g, img, g.col_cols());
+}
+
+/// [`col2im`] from a matrix whose rows are `ld` apart (the adjoint of [`im2col_ld`]).
+pub fn col2im_ld(col: &[f32], g: &ConvGeom, img: &mut [f32], ld: usize) {
     let (oh, ow) = (g.out_h(), g.out_w());
     assert_eq!(img.len(), g.c * g.h * g.w, "col2im: image length");
-    assert_eq!(col.len(), g.col_rows() * oh * ow, "col2im: column length");
+    assert!(
+        ld >= oh * ow && col.len() >= (g.col_rows() - 1) * ld + oh * ow,
+        "col2im: column matrix too small"
+    );
     let mut row = 0;
     for ci in 0..g.c {
         let plane = &mut img[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let (x0, x1) = valid_cols(ow, g.w, g.stride, kx, g.pad);
-                let src = &col[row * oh * ow..(row + 1) * oh * ow];
+                let src = &col[row * ld..row * ld + oh * ow];
                 for y in 0..oh {
                     let iy = (y * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= g.h as isize || x1 <= x0 {
@@ -183,6 +203,36 @@ mod tests {
             let r = conv2d_ref(&img, &w, 1, &g, co);
             for (a, b) in out.iter().zip(&r) {
                 assert!((a - b).abs() < 1e-4, "{g:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn strided_column_blocks_match_the_plain_ones() {
+        let mut rng = Rng::new(7);
+        for g in geoms() {
+            let (rows, cols) = (g.col_rows(), g.col_cols());
+            let imgs: Vec<Vec<f32>> = (0..3)
+                .map(|_| (0..g.c * g.h * g.w).map(|_| rng.normal()).collect())
+                .collect();
+            let ld = 3 * cols;
+            let mut wide = vec![0.0; rows * ld];
+            for (j, img) in imgs.iter().enumerate() {
+                im2col_ld(img, &g, &mut wide[j * cols..], ld);
+            }
+            for (j, img) in imgs.iter().enumerate() {
+                let mut one = vec![0.0; rows * cols];
+                im2col(img, &g, &mut one);
+                for r in 0..rows {
+                    assert_eq!(
+                        &wide[r * ld + j * cols..r * ld + (j + 1) * cols],
+                        &one[r * cols..(r + 1) * cols]
+                    );
+                }
+                let (mut a, mut b) = (vec![0.0; img.len()], vec![0.0; img.len()]);
+                col2im(&one, &g, &mut a);
+                col2im_ld(&wide[j * cols..], &g, &mut b, ld);
+                assert_eq!(a, b);
             }
         }
     }

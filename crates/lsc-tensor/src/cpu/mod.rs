@@ -1,8 +1,8 @@
 //! CPU kernels on plain slices. Each has a plain reference in [`reference`] and a test against it.
 
-mod conv; // defines: im2col, col2im, ConvGeom
+mod conv; // defines: im2col(_ld), col2im(_ld), ConvGeom
 mod matmul; // defines: matmul, Trans, Par
 pub mod reference; // defines: matmul_ref, conv2d_ref (plain loops, f64 accumulation)
 
-pub use conv::{ConvGeom, col2im, im2col};
+pub use conv::{ConvGeom, col2im, col2im_ld, im2col, im2col_ld};
 pub use matmul::{Par, Trans, matmul};
