@@ -34,3 +34,15 @@ impl JsonLine {
         format!("{{{}}}", self.0.join(","))
     }
 }
+
+/// Peak resident memory of this process in MiB (`VmHWM` from /proc; 0 where unavailable).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -26,6 +26,16 @@ fn main() -> Result<()> {
         ),
         "test" => test::run(&rest),
         "gpu-check" => test::gpu_check(),
+        "bench-fc" => run_cmd(
+            cargo()
+                .args(["bench", "-q", "-p", "lsc-benches", "--bench", "fc", "--"])
+                .args(&rest),
+        ),
+        "bench-kernels" => run_cmd(
+            cargo()
+                .args(["bench", "-q", "-p", "lsc-benches", "--bench", "kernels", "--"])
+                .args(&rest),
+        ),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
@@ -41,6 +51,10 @@ cargo xtask COMMAND
   dataset fashion-mnist [--mini] [--out DIR]
                                convert Debian's dataset-fashion-mnist to PLSC base64 shards
   gpu-check                    every GPU check in one go (LSC_REQUIRE_GPU=1)
+  bench-fc [--classes C] [--batch B] [--dim D] [--ranks N] [--dtype f32|bf16]
+           [--sample-rate R] [--steps S] [--loss arcface|cosface|softmax]
+                               the fused margin-softmax head step against the plain GEMM rate
+  bench-kernels                GEMM and im2col rates
 ";
 
 /// The workspace root (the parent of this crate's manifest directory).

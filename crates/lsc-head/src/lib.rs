@@ -9,14 +9,19 @@
 //!    back through the margin, the cosine and the normalisations; the gathered embedding
 //!    gradient is reduce-scattered back to its owner, the shard's weight gradient stays local.
 //!
-//! The key decision: a non-finite logit, sum or loss is detected (and agreed on by every rank)
-//! before any gradient is written, so the trainer can skip the step whole.
+//! The key decisions: the CPU kernel is fused (tiles of classes, online softmax, the SGD update
+//! applied to each tile in place), so neither the `[C, D]` weight gradient nor the `[B, C]`
+//! logits exist; and a non-finite logit, sum or loss is detected (and agreed on by every
+//! rank) before any weight is written, so the step can be skipped whole.
 
+mod head; // defines: MarginSoftmax (fused tiled kernel + plain reference), HeadStep, Update
 mod margin; // defines: Margin, LossKind, HeadConfig
-mod softmax; // defines: MarginSoftmax (the sharded head), HeadStep, HeadError
+pub mod sample; // defines: Partial FC class selection
+pub mod store; // defines: Rows (f32 / bf16 weights), stochastic rounding
 
+pub use head::{Gradients, HeadError, HeadStep, MarginSoftmax, Update};
 pub use margin::{HeadConfig, LossKind, Margin};
-pub use softmax::{HeadError, HeadStep, MarginSoftmax};
+pub use store::DType;
 
 /// The classes `[start, end)` that rank `rank` of `world` owns: contiguous blocks whose sizes
 /// differ by at most one (the first `C mod N` ranks get one more). A rank owns no class when

@@ -55,6 +55,22 @@ pub struct HeadConfig {
     /// Std of the Normal init of the class weights.
     #[serde(default = "default_init_std")]
     pub init_std: f32,
+    /// Storage of the class weights and their momentum: f32 or bf16 (stochastic rounding).
+    #[serde(default)]
+    pub dtype: crate::DType,
+    /// Partial FC: the fraction of each shard's classes computed per step (positives always).
+    #[serde(default = "default_sample_rate")]
+    pub sample_rate: f32,
+    /// Classes per tile of the fused kernel.
+    #[serde(default = "default_tile")]
+    pub tile: usize,
+}
+
+fn default_sample_rate() -> f32 {
+    1.0
+}
+fn default_tile() -> usize {
+    256
 }
 
 fn default_scale() -> f32 {
@@ -89,6 +105,9 @@ impl HeadConfig {
             sin_eps: default_sin_eps(),
             bias: true,
             init_std: default_init_std(),
+            dtype: crate::DType::F32,
+            sample_rate: default_sample_rate(),
+            tile: default_tile(),
         }
     }
 
@@ -126,6 +145,12 @@ impl HeadConfig {
         }
         if !(self.sin_eps > 0.0 && self.sin_eps < 1.0) {
             return Err(format!("head.sin_eps: {} outside (0, 1)", self.sin_eps));
+        }
+        if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            return Err(format!("head.sample_rate: {} outside (0, 1]", self.sample_rate));
+        }
+        if self.tile == 0 {
+            return Err("head.tile must be positive".into());
         }
         if !(self.init_std > 0.0) {
             return Err(format!("head.init_std: {} must be positive", self.init_std));

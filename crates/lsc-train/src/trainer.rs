@@ -4,7 +4,7 @@ use crate::config::{Config, ConfigError};
 use crate::progress::{Clock, Progress, StepInfo, Summary};
 use lsc_comm::{CommError, Communicator, LocalComm, ReduceOp, ThreadComm};
 use lsc_data::{Base64Shards, DataError, Dataset, LoaderOptions, Record, Sampler, epoch_loader};
-use lsc_head::{HeadError, MarginSoftmax};
+use lsc_head::{HeadError, MarginSoftmax, Update};
 use lsc_nn::{Backbone, IResNet, Mode, profile};
 use lsc_optim::Sgd;
 use std::path::Path;
@@ -167,7 +167,6 @@ fn train_rank(
     }
     let sched = cfg.optim.schedule(steps_per_epoch);
     let mut opt_net = Sgd::new(cfg.optim.momentum, cfg.optim.weight_decay);
-    let mut opt_head = Sgd::new(cfg.optim.momentum, cfg.optim.weight_decay);
     let [h, w] = cfg.model.input_size;
     let opts = LoaderOptions {
         batch_size: bs,
@@ -208,7 +207,13 @@ fn train_rank(
             let out = compute.time(|| -> Result<_, TrainError> {
                 let emb = net.forward(&batch.images, Mode::Train);
                 let timer = profile::scope("head", 0.0);
-                let s = head.forward_backward(&emb, &batch.labels, comm).map_err(|e| match e {
+                let upd = Update {
+                    lr,
+                    momentum: cfg.optim.momentum,
+                    weight_decay: cfg.optim.weight_decay,
+                };
+                // The head's fused step applies its own SGD update to its shard.
+                let s = head.step(&emb, &batch.labels, comm, &upd).map_err(|e| match e {
                     HeadError::Label { index, .. } => TrainError::Label {
                         location: train_ds.locate(batch.indices[index]),
                         source: e,
@@ -218,7 +223,6 @@ fn train_rank(
                 drop(timer);
                 if s.skipped {
                     net.zero_grad();
-                    head.visit_params(&mut |p| p.grad.fill_zero());
                     return Ok(s);
                 }
                 net.backward(&s.d_emb);
@@ -228,7 +232,6 @@ fn train_rank(
                 }
                 let _t = profile::scope("optim", 0.0);
                 opt_net.step(lr, &mut |f| net.visit_params(f));
-                opt_head.step(lr, &mut |f| head.visit_params(f));
                 Ok(s)
             })?;
             k += 1;

@@ -1,0 +1,198 @@
+//! `cargo xtask bench-fc`: the class-sharded margin-softmax head's fused step (forward,
+//! backward and SGD update) on random data, against this machine's plain GEMM rate on the same
+//! shapes measured in the same run. Prints one line per step and a final JSON line.
+
+use lsc_benches::{JsonLine, median_secs, peak_rss_mb};
+use lsc_comm::{Communicator, LocalComm, run_ranks};
+use lsc_head::{DType, HeadConfig, LossKind, MarginSoftmax, Update};
+use lsc_tensor::cpu::{Par, Trans, matmul};
+use lsc_tensor::{Rng, Tensor};
+use std::time::Instant;
+
+const USAGE: &str = "usage: bench-fc [--classes C] [--batch B] [--dim D] [--ranks N] [--dtype f32|bf16]
+                [--sample-rate R] [--steps S] [--loss arcface|cosface|softmax|combined] [--tile T]";
+
+struct Args {
+    classes: usize,
+    batch: usize,
+    dim: usize,
+    ranks: usize,
+    dtype: DType,
+    sample_rate: f32,
+    steps: usize,
+    loss: LossKind,
+    tile: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        classes: 100_000,
+        batch: 128,
+        dim: 512,
+        ranks: 1,
+        dtype: DType::F32,
+        sample_rate: 1.0,
+        steps: 3,
+        loss: LossKind::ArcFace,
+        tile: HeadConfig::new(LossKind::ArcFace).tile,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--bench" {
+            continue; // added by `cargo bench`
+        }
+        let mut val = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
+        let num = |v: String| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag.as_str() {
+            "--classes" => a.classes = num(val()?)? as usize,
+            "--batch" => a.batch = num(val()?)? as usize,
+            "--dim" => a.dim = num(val()?)? as usize,
+            "--ranks" => a.ranks = num(val()?)? as usize,
+            "--steps" => a.steps = num(val()?)? as usize,
+            "--tile" => a.tile = num(val()?)? as usize,
+            "--sample-rate" => a.sample_rate = num(val()?)? as f32,
+            "--dtype" => {
+                a.dtype = match val()?.as_str() {
+                    "f32" => DType::F32,
+                    "bf16" => DType::Bf16,
+                    o => return Err(format!("--dtype {o}: expected f32 or bf16")),
+                }
+            }
+            "--loss" => {
+                a.loss = match val()?.as_str() {
+                    "arcface" => LossKind::ArcFace,
+                    "cosface" => LossKind::CosFace,
+                    "softmax" => LossKind::Softmax,
+                    "combined" => LossKind::Combined,
+                    o => return Err(format!("--loss {o}: expected arcface, cosface, softmax or combined")),
+                }
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            o => return Err(format!("unknown flag {o}\n{USAGE}")),
+        }
+    }
+    if a.classes == 0 || a.batch == 0 || a.dim == 0 || a.ranks == 0 || a.steps == 0 || a.tile == 0 {
+        return Err(format!(
+            "--classes, --batch, --dim, --ranks, --steps and --tile must be positive\n{USAGE}"
+        ));
+    }
+    if !a.batch.is_multiple_of(a.ranks) {
+        return Err(format!("--batch {} must divide by --ranks {}", a.batch, a.ranks));
+    }
+    Ok(a)
+}
+
+/// The plain GEMM rate on the head's shapes: logits X·Wᵀ, dX = G·W and dW = Gᵀ·X over a
+/// block of classes, one rayon-parallel product each (6·B·C·D FLOPs in all).
+fn plain_gemm_gflops(b: usize, d: usize, c: usize) -> f64 {
+    let mut rng = Rng::new(1);
+    let x: Vec<f32> = (0..b * d).map(|_| rng.normal()).collect();
+    let w: Vec<f32> = (0..c * d).map(|_| rng.normal()).collect();
+    let mut z = vec![0.0f32; b * c];
+    let mut dx = vec![0.0f32; b * d];
+    let mut dw = vec![0.0f32; c * d];
+    let s = median_secs(1, 3, || {
+        matmul(Trans::N, Trans::T, b, c, d, &x, &w, &mut z, false, Par::Rayon);
+        matmul(Trans::N, Trans::N, b, d, c, &z, &w, &mut dx, false, Par::Rayon);
+        matmul(Trans::T, Trans::N, c, d, b, &z, &x, &mut dw, false, Par::Rayon);
+    });
+    6.0 * (b * c * d) as f64 / s / 1e9
+}
+
+/// Runs the steps on one rank; returns (step seconds, rows computed per step, state bytes).
+fn run_rank(a: &Args, comm: &dyn Communicator) -> (Vec<f64>, usize, usize) {
+    let mut cfg = HeadConfig::new(a.loss);
+    cfg.dtype = a.dtype;
+    cfg.sample_rate = a.sample_rate;
+    cfg.tile = a.tile;
+    let t = Instant::now();
+    let mut head = MarginSoftmax::new(&cfg, a.classes, a.dim, comm, 0);
+    if comm.rank() == 0 {
+        eprintln!(
+            "init: {} classes x {} on {} rank(s), {:.1} s",
+            a.classes,
+            a.dim,
+            comm.world_size(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let b = a.batch / comm.world_size();
+    let upd = Update {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+    let mut times = Vec::new();
+    let mut rows = 0;
+    for step in 0..a.steps {
+        let mut rng = Rng::stream(7 + step as u64, comm.rank() as u64);
+        let emb = Tensor::randn(&[b, a.dim], 1.0, &mut rng);
+        let labels: Vec<u32> = (0..b).map(|_| rng.below(a.classes as u64) as u32).collect();
+        let t = Instant::now();
+        let s = head.step(&emb, &labels, comm, &upd).expect("head step");
+        let secs = t.elapsed().as_secs_f64();
+        let mut r = [s.rows as f32];
+        comm.all_reduce(&mut r, lsc_comm::ReduceOp::Sum).expect("all-reduce");
+        rows = r[0] as usize;
+        if comm.rank() == 0 {
+            let gf = 6.0 * (a.batch * rows * a.dim) as f64 / secs / 1e9;
+            println!(
+                "step {} loss {:.4} {:.3} s {:.1} samples/s {:.1} GFLOP/s",
+                step + 1,
+                s.loss,
+                secs,
+                a.batch as f64 / secs,
+                gf
+            );
+        }
+        times.push(secs);
+    }
+    (times, rows, head.state_bytes())
+}
+
+fn main() {
+    let a = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let results = if a.ranks == 1 {
+        vec![run_rank(&a, &LocalComm)]
+    } else {
+        run_ranks(a.ranks, |c| run_rank(&a, &c))
+    };
+    let (times, rows, _) = &results[0];
+    let state: usize = results.iter().map(|r| r.2).sum();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let med = sorted[sorted.len() / 2];
+    let gflops = 6.0 * (a.batch * rows * a.dim) as f64 / med / 1e9;
+    // The plain GEMMs on a block of the same shapes (bounded so the B×C block fits easily).
+    let block = a.classes.clamp(1, 65_536);
+    let plain = plain_gemm_gflops(a.batch, a.dim, block);
+    println!(
+        "plain GEMM on [{}x{}]x[{}x{}] (three products): {:.1} GFLOP/s",
+        a.batch, a.dim, a.dim, block, plain
+    );
+    let mut j = JsonLine::default();
+    j.str("bench", "fc");
+    j.num("classes", a.classes as f64);
+    j.num("classes_computed", *rows as f64);
+    j.num("batch", a.batch as f64);
+    j.num("dim", a.dim as f64);
+    j.num("ranks", a.ranks as f64);
+    j.str("dtype", if a.dtype == DType::Bf16 { "bf16" } else { "f32" });
+    j.num("sample_rate", a.sample_rate as f64);
+    j.str("loss", &format!("{:?}", a.loss).to_lowercase());
+    j.num("steps", a.steps as f64);
+    j.num("step_s_median", med);
+    j.num("samples_per_s", a.batch as f64 / med);
+    j.num("gflops", gflops);
+    j.num("plain_gemm_gflops", plain);
+    j.num("gemm_fraction", gflops / plain);
+    j.num("head_state_mb", state as f64 / 1048576.0);
+    j.num("peak_rss_mb", peak_rss_mb());
+    println!("{}", j.finish());
+}
