@@ -60,3 +60,15 @@ fn a_bad_data_path_is_named() {
     let e = train(&cfg, true).unwrap_err().to_string();
     assert!(e.contains("/no/such/shards"), "{e}");
 }
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let cfg = slice_config(320, 2);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| train(&cfg, true).unwrap())
+    };
+    let (a, b) = (run(1), run(3));
+    assert_eq!(a.epoch_losses, b.epoch_losses);
+    assert_eq!(a.test_top1, b.test_top1);
+}

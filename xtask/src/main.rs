@@ -10,20 +10,36 @@ use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = match args.split_first() {
         Some((c, r)) => (c.as_str(), r.to_vec()),
         None => ("help", vec![]),
     };
+    let user_dir = std::env::current_dir().context("reading the current directory")?;
     std::env::set_current_dir(project_root()).context("entering the project root")?;
+    // `cargo xtask train -- --epochs 3` and `cargo xtask train --epochs 3` are the same.
+    let rest: Vec<String> = match rest.split_first() {
+        Some((first, tail)) if first == "--" => tail.to_vec(),
+        _ => rest,
+    };
     match cmd {
         "dataset" => dataset::run(&rest),
-        "train" => run_cmd(
-            cargo()
-                .args(["run", "--quiet", "-p", "lsc-cli", "--", "train"])
-                .args(&rest),
-        ),
+        "train" => {
+            let args = absolute_paths(&rest, &user_dir, &["--config", "--data"]);
+            run_cmd(
+                cargo()
+                    .args(["run", "--quiet", "-p", "lsc-cli", "--", "train"])
+                    .args(&args),
+            )
+        }
         "test" => test::run(&rest),
         "gpu-check" => test::gpu_check(),
         "bench-fc" => run_cmd(
@@ -56,6 +72,32 @@ cargo xtask COMMAND
                                the fused margin-softmax head step against the plain GEMM rate
   bench-kernels                GEMM and im2col rates
 ";
+
+/// Rewrites the values of the path flags in `args` relative to `base` (xtask runs in the
+/// project root, but the user named the paths from where they stood).
+fn absolute_paths(args: &[String], base: &std::path::Path, flags: &[&str]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        out.push(a.clone());
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f, Some(v)),
+            None => (a.as_str(), None),
+        };
+        if flags.contains(&flag) {
+            let fix = |v: &str| base.join(v).display().to_string();
+            match inline {
+                Some(v) => *out.last_mut().expect("just pushed") = format!("{flag}={}", fix(v)),
+                None => {
+                    if let Some(v) = it.next() {
+                        out.push(fix(v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
 
 /// The workspace root (the parent of this crate's manifest directory).
 pub fn project_root() -> PathBuf {

@@ -79,7 +79,11 @@ fn parse_per_class(text: &str) -> Result<(usize, usize)> {
             .parse::<usize>()
             .map_err(|e| anyhow!("--per-class {text:?}: {s:?}: {e}"))
     };
-    Ok((parse(a)?, parse(b)?))
+    let (tr, te) = (parse(a)?, parse(b)?);
+    if tr == 0 || te == 0 {
+        bail!("--per-class {text:?}: both counts must be positive");
+    }
+    Ok((tr, te))
 }
 
 fn pack(mut parser: lexopt::Parser) -> Result<()> {

@@ -16,7 +16,41 @@ commands:
   gpu        report the CUDA driver and devices found at run time
 ";
 
+/// The error and its causes, skipping a cause whose text the message already holds (library
+/// errors carry their cause's text in their own message).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out += ": ";
+            }
+            out += &text;
+        }
+    }
+    out
+}
+
+/// Restores the default SIGPIPE action, so that `lsc data verify … | head` ends quietly like
+/// other Unix tools instead of panicking on a closed pipe.
+#[cfg(unix)]
+fn default_sigpipe() {
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: signal(2) with SIG_DFL is async-signal-safe and installs no Rust code; it runs
+    // before any other thread exists.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() {
+    #[cfg(unix)]
+    default_sigpipe();
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let cmd = if args.is_empty() {
         String::new()
@@ -35,7 +69,7 @@ fn main() {
         other => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
     };
     if let Err(e) = res {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
 }

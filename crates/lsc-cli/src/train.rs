@@ -66,7 +66,15 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         }
         cfg.data.train = dir.join("train");
         let test = dir.join("test");
-        cfg.data.test = if test.exists() { test } else { PathBuf::new() };
+        cfg.data.test = if test.exists() {
+            test
+        } else {
+            eprintln!(
+                "note: --data {}: no test/ shard set inside, so no evaluation",
+                dir.display()
+            );
+            PathBuf::new()
+        };
         if !cfg.data.train.exists() {
             bail!(
                 "--data {}: no train/ shard set inside (expected {})",
@@ -90,7 +98,11 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     if let Some(v) = seed {
         cfg.seed = v;
     }
-    cfg.validate()?;
+    let origin = match &config {
+        Some(p) => format!("config {} with the command-line flags", p.display()),
+        None => "the built-in defaults with the command-line flags".to_string(),
+    };
+    cfg.validate().with_context(|| origin.clone())?;
     if print {
         print!("{}", cfg.to_toml());
         return Ok(());

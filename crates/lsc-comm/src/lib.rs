@@ -18,6 +18,7 @@ mod thread; // defines: ThreadComm, run_ranks, run_ranks_with_timeout, default_t
 pub use local::LocalComm;
 pub use thread::{
     DEFAULT_TIMEOUT, TIMEOUT_ENV, ThreadComm, balanced_slice, default_timeout, run_ranks, run_ranks_with_timeout,
+    timeout_from_env,
 };
 
 /// How an all-reduce or reduce-scatter combines values.

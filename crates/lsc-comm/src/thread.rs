@@ -72,17 +72,21 @@ pub const TIMEOUT_ENV: &str = "LSC_COMM_TIMEOUT_S";
 ///
 /// # Panics
 ///
-/// If `LSC_COMM_TIMEOUT_S` is set but is not a positive, finite number of seconds.
+/// If `LSC_COMM_TIMEOUT_S` is set but is not a positive, finite number of seconds; call
+/// [`timeout_from_env`] first to report that as an error instead.
 pub fn default_timeout() -> Duration {
+    timeout_from_env().unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// `LSC_COMM_TIMEOUT_S` as a timeout (600 s when unset), or a message naming the variable.
+pub fn timeout_from_env() -> Result<Duration, String> {
     match std::env::var_os(TIMEOUT_ENV) {
-        None => DEFAULT_TIMEOUT,
-        Some(v) => {
-            let parsed = v
-                .to_str()
-                .ok_or_else(|| "not UTF-8".to_string())
-                .and_then(parse_timeout);
-            parsed.unwrap_or_else(|why| panic!("{TIMEOUT_ENV}={v:?}: {why}"))
-        }
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(v) => v
+            .to_str()
+            .ok_or_else(|| "not UTF-8".to_string())
+            .and_then(parse_timeout)
+            .map_err(|why| format!("{TIMEOUT_ENV}={v:?}: {why}")),
     }
 }
 

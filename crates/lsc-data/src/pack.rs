@@ -104,7 +104,7 @@ pub fn read_idx(path: &Path) -> Result<Idx, DataError> {
 
 /// The indices of the first `per` samples of each class `0..classes`, in original order:
 /// numpy's `sorted(concat(np.where(y == c)[0][:per] for c in range(classes)))`
-/// (`/work/shared/bench/mini_train.py`'s `subset()`). Labels `>= classes` are never picked.
+/// (the rule of the PyTorch baseline `mini_train.py`, kept outside this repository). Labels `>= classes` are never picked.
 pub fn class_balanced_subset(labels: &[u8], classes: usize, per: usize) -> Vec<usize> {
     let mut taken = vec![0usize; classes];
     labels

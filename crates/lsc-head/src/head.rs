@@ -19,6 +19,7 @@ use crate::sample::select;
 use crate::store::{RowWriter, Rows};
 use crate::{HeadConfig, LossKind, Margin, shard_range};
 use lsc_comm::{CommError, Communicator, ReduceOp};
+use lsc_tensor::cpu::par::ordered_fold;
 use lsc_tensor::cpu::{Par, Trans, math, matmul};
 use lsc_tensor::{Rng, Tensor};
 use rayon::prelude::*;
@@ -390,10 +391,12 @@ impl MarginSoftmax {
                 new_tile(),
             )
         };
-        let (m, l, tgt, _) = self
-            .tiles(sel.len())
-            .into_par_iter()
-            .fold(init, |(mut m, mut l, mut tgt, mut t), r| {
+        let tiles = self.tiles(sel.len());
+        let (m, l, tgt, _) = ordered_fold(
+            tiles.len(),
+            init,
+            |(mut m, mut l, mut tgt, mut t), k| {
+                let r = tiles[k].clone();
                 let n = r.len();
                 self.tile_logits(read, bias, &sel[r.clone()], p, &mut t);
                 for (i, j, _) in self.apply_margin(target, r.start, n, &mut t.logits) {
@@ -408,13 +411,10 @@ impl MarginSoftmax {
                     m[i] = mn;
                 }
                 (m, l, tgt, t)
-            })
-            .reduce(init, |(m1, l1, t1, w), (m2, l2, t2, _)| {
-                let mut m = m1.clone();
-                let mut l = l1.clone();
-                let mut tg = t1.clone();
+            },
+            |(mut m, mut l, mut tg, w), (m2, l2, t2, _)| {
                 for i in 0..bg {
-                    let mn = m1[i].max(m2[i]);
+                    let mn = m[i].max(m2[i]);
                     let f = |mk: f32| {
                         if mk == f32::NEG_INFINITY {
                             0.0
@@ -422,14 +422,15 @@ impl MarginSoftmax {
                             ((mk - mn) as f64).exp()
                         }
                     };
-                    l[i] = l1[i] * f(m1[i]) + l2[i] * f(m2[i]);
+                    l[i] = l[i] * f(m[i]) + l2[i] * f(m2[i]);
                     m[i] = mn;
                     if tg[i].is_nan() {
                         tg[i] = t2[i];
                     }
                 }
                 (m, l, tg, w)
-            });
+            },
+        );
         let mut gmax = m.clone();
         comm.all_reduce(&mut gmax, ReduceOp::Max)?;
         let mut den: Vec<f32> = (0..bg)
@@ -498,68 +499,66 @@ impl MarginSoftmax {
             norms: Vec::new(),
             logits: Vec::new(),
         };
-        self.tiles(sel.len())
-            .into_par_iter()
-            .fold(
-                || (vec![0.0f32; bg * d], new_tile(), Vec::new(), Vec::new()),
-                |(mut dx, mut t, mut dw, mut db), r| {
-                    let n = r.len();
-                    let rows = &sel[r.clone()];
-                    self.tile_logits(read, bias, rows, p, &mut t);
-                    let hits = self.apply_margin(target, r.start, n, &mut t.logits);
-                    self.logits_to_grad(st, &hits, bg, n, &mut t.logits);
-                    // dX̂ += G·Ŵ ; dŴ = Gᵀ·X̂
-                    matmul(
-                        Trans::N,
-                        Trans::N,
-                        bg,
-                        d,
-                        n,
-                        &t.logits,
-                        &t.used,
-                        &mut dx,
-                        true,
-                        Par::Seq,
-                    );
-                    dw.resize(n * d, 0.0);
-                    matmul(
-                        Trans::T,
-                        Trans::N,
-                        n,
-                        d,
-                        bg,
-                        &t.logits,
-                        &p.all,
-                        &mut dw,
-                        false,
-                        Par::Seq,
-                    );
-                    if self.margin.is_some() {
-                        normalize_rows_backward(&t.used, &t.norms, d, &mut dw);
-                    }
-                    db.clear();
-                    if bias.is_some() {
-                        db.resize(n, 0.0);
-                        for row in t.logits.chunks(n) {
-                            for (a, b) in db.iter_mut().zip(row) {
-                                *a += b;
-                            }
+        let tiles = self.tiles(sel.len());
+        let (dx, ..) = ordered_fold(
+            tiles.len(),
+            || (vec![0.0f32; bg * d], new_tile(), Vec::new(), Vec::new()),
+            |(mut dx, mut t, mut dw, mut db), k| {
+                let r = tiles[k].clone();
+                let n = r.len();
+                let rows = &sel[r.clone()];
+                self.tile_logits(read, bias, rows, p, &mut t);
+                let hits = self.apply_margin(target, r.start, n, &mut t.logits);
+                self.logits_to_grad(st, &hits, bg, n, &mut t.logits);
+                // dX̂ += G·Ŵ ; dŴ = Gᵀ·X̂
+                matmul(
+                    Trans::N,
+                    Trans::N,
+                    bg,
+                    d,
+                    n,
+                    &t.logits,
+                    &t.used,
+                    &mut dx,
+                    true,
+                    Par::Seq,
+                );
+                dw.resize(n * d, 0.0);
+                matmul(
+                    Trans::T,
+                    Trans::N,
+                    n,
+                    d,
+                    bg,
+                    &t.logits,
+                    &p.all,
+                    &mut dw,
+                    false,
+                    Par::Seq,
+                );
+                if self.margin.is_some() {
+                    normalize_rows_backward(&t.used, &t.norms, d, &mut dw);
+                }
+                db.clear();
+                if bias.is_some() {
+                    db.resize(n, 0.0);
+                    for row in t.logits.chunks(n) {
+                        for (a, b) in db.iter_mut().zip(row) {
+                            *a += b;
                         }
                     }
-                    sink(rows, &t.raw, &dw, &db);
-                    (dx, t, dw, db)
-                },
-            )
-            .map(|(dx, ..)| dx)
-            .reduce(
-                || vec![0.0f32; bg * d],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(&b) {
-                        *x += y;
-                    }
-                    a
-                },
-            )
+                }
+                sink(rows, &t.raw, &dw, &db);
+                (dx, t, dw, db)
+            },
+            |mut a, b| {
+                for (x, y) in a.0.iter_mut().zip(&b.0) {
+                    *x += y;
+                }
+                a
+            },
+        );
+        dx
     }
 
     /// Reduce-scatters dL/dX̂ to the owners and backs it through the local normalisation.

@@ -134,12 +134,22 @@ impl HeadConfig {
         if !(self.scale > 0.0 && self.scale.is_finite()) {
             return Err(format!("head.scale: {} must be positive", self.scale));
         }
-        if !self.margin.is_finite() || self.margin < 0.0 {
-            return Err(format!("head.margin: {} must be ≥ 0", self.margin));
-        }
-        if self.combined.iter().any(|v| !v.is_finite()) || self.combined[0] <= 0.0 {
+        // Past these bounds the margin stops being a margin: cos(θ + m) for m > π/2 inverts
+        // the ranking, and cos − m for m > 1 pushes every target below every other class.
+        let max_margin = match self.loss {
+            LossKind::CosFace => 1.0,
+            _ => std::f32::consts::FRAC_PI_2,
+        };
+        if !(self.margin >= 0.0 && self.margin <= max_margin) {
             return Err(format!(
-                "head.combined: {:?} needs m1 > 0 and finite values",
+                "head.margin: {} outside [0, {max_margin:.4}] for {:?}",
+                self.margin, self.loss
+            ));
+        }
+        let [m1, m2, m3] = self.combined;
+        if !(m1 > 0.0 && m1 <= 2.0 && (0.0..=std::f32::consts::FRAC_PI_2).contains(&m2) && (0.0..=1.0).contains(&m3)) {
+            return Err(format!(
+                "head.combined: {:?} needs m1 in (0, 2], m2 in [0, π/2] and m3 in [0, 1]",
                 self.combined
             ));
         }

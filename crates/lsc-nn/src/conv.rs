@@ -1,9 +1,11 @@
 //! 2-D convolution without bias, as im2col + GEMM over groups of images, groups in parallel.
 
 use crate::{Layer, Mode, Param};
+use lsc_tensor::cpu::par::ordered_fold;
 use lsc_tensor::cpu::{ConvGeom, Par, Trans, col2im_ld, im2col_ld, matmul};
 use lsc_tensor::{Rng, Tensor};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Convolution `[N, cin, H, W] -> [N, cout, OH, OW]`, square kernel, stride and zero padding.
 pub struct Conv2d {
@@ -72,12 +74,12 @@ impl Conv2d {
 /// A GEMM should span at least this many output columns to run near the kernel's peak.
 const TARGET_COLS: usize = 256;
 
-/// Images per GEMM: enough for `TARGET_COLS` columns, but leaving at least two groups per
-/// rayon thread when the batch allows, since groups run in parallel.
+/// Images per GEMM: enough for `TARGET_COLS` columns, but at most a quarter of the batch so
+/// that several groups run in parallel. It depends on the shapes only, never on the thread
+/// count, so the weight-gradient sums are the same on any machine.
 fn group_size(n: usize, cols: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
     let want = TARGET_COLS.div_ceil(cols.max(1));
-    want.min((n / (2 * threads)).max(1)).clamp(1, n.max(1))
+    want.min((n / 4).max(1)).clamp(1, n.max(1))
 }
 
 impl Layer for Conv2d {
@@ -155,73 +157,73 @@ impl Layer for Conv2d {
             Tensor::default()
         };
         let groups = n.div_ceil(gs);
-        let dx_chunks: Vec<Option<&mut [f32]>> = if want_dx {
-            dx.data_mut().chunks_mut(gs * in_sz).map(Some).collect()
+        let dx_slots: Vec<Mutex<&mut [f32]>> = if want_dx {
+            dx.data_mut().chunks_mut(gs * in_sz).map(Mutex::new).collect()
         } else {
-            (0..groups).map(|_| None).collect()
+            Vec::new()
         };
-        // Each fold state owns a partial dW and scratch; the partials are summed after.
-        let dw = dy
-            .data()
-            .par_chunks(gs * cout * cols)
-            .zip(x.data().par_chunks(gs * in_sz))
-            .zip(dx_chunks.into_par_iter())
-            .fold(
-                || {
-                    (
-                        vec![0.0f32; cout * rows],
-                        vec![0.0f32; rows * gs * cols],
-                        vec![0.0f32; if gs > 1 { cout * gs * cols } else { 0 }],
-                    )
-                },
-                |(mut dw, mut col, mut dyg), ((dyc, xg), dxg)| {
-                    let m = xg.len() / in_sz;
-                    let ld = m * cols;
-                    let direct = m == 1 && g.is_identity();
-                    if !direct {
-                        for (j, img) in xg.chunks(in_sz).enumerate() {
-                            im2col_ld(img, &g, &mut col[j * cols..], ld);
+        let (dyd, xd) = (dy.data(), x.data());
+        // Groups fold into a fixed set of partial dW sums (deterministic order, see
+        // `ordered_fold`); each group also writes its own slice of dx.
+        let (dw, _, _) = ordered_fold(
+            groups,
+            || {
+                (
+                    vec![0.0f32; cout * rows],
+                    vec![0.0f32; rows * gs * cols],
+                    vec![0.0f32; if gs > 1 { cout * gs * cols } else { 0 }],
+                )
+            },
+            |(mut dw, mut col, mut dyg), gi| {
+                let lo = gi * gs;
+                let m = gs.min(n - lo);
+                let xg = &xd[lo * in_sz..(lo + m) * in_sz];
+                let dyc = &dyd[lo * cout * cols..(lo + m) * cout * cols];
+                let ld = m * cols;
+                let direct = m == 1 && g.is_identity();
+                if !direct {
+                    for (j, img) in xg.chunks(in_sz).enumerate() {
+                        im2col_ld(img, &g, &mut col[j * cols..], ld);
+                    }
+                }
+                let colm: &[f32] = if direct { xg } else { &col };
+                // dY of the group as one [cout, m·cols] matrix.
+                let dym: &[f32] = if m == 1 {
+                    dyc
+                } else {
+                    for (j, di) in dyc.chunks(cout * cols).enumerate() {
+                        for (co, dr) in di.chunks(cols).enumerate() {
+                            dyg[co * ld + j * cols..co * ld + (j + 1) * cols].copy_from_slice(dr);
                         }
                     }
-                    let colm: &[f32] = if direct { xg } else { &col };
-                    // dY of the group as one [cout, m·cols] matrix.
-                    let dym: &[f32] = if m == 1 {
-                        dyc
+                    &dyg
+                };
+                // dW += dY · colᵀ
+                matmul(Trans::N, Trans::T, cout, rows, ld, dym, colm, &mut dw, true, Par::Seq);
+                if let Some(slot) = dx_slots.get(gi) {
+                    let mut dxg = slot.lock().unwrap_or_else(|e| e.into_inner());
+                    if direct {
+                        matmul(Trans::T, Trans::N, rows, cols, cout, w, dym, &mut dxg, false, Par::Seq);
                     } else {
-                        for (j, di) in dyc.chunks(cout * cols).enumerate() {
-                            for (co, dr) in di.chunks(cols).enumerate() {
-                                dyg[co * ld + j * cols..co * ld + (j + 1) * cols].copy_from_slice(dr);
-                            }
-                        }
-                        &dyg
-                    };
-                    // dW += dY · colᵀ
-                    matmul(Trans::N, Trans::T, cout, rows, ld, dym, colm, &mut dw, true, Par::Seq);
-                    if let Some(dxg) = dxg {
-                        if direct {
-                            matmul(Trans::T, Trans::N, rows, cols, cout, w, dym, dxg, false, Par::Seq);
-                        } else {
-                            // dcol = Wᵀ · dY, then scattered back to each image.
-                            matmul(Trans::T, Trans::N, rows, ld, cout, w, dym, &mut col, false, Par::Seq);
-                            for (j, dxi) in dxg.chunks_mut(in_sz).enumerate() {
-                                col2im_ld(&col[j * cols..], &g, dxi, ld);
-                            }
+                        // dcol = Wᵀ · dY, then scattered back to each image.
+                        matmul(Trans::T, Trans::N, rows, ld, cout, w, dym, &mut col, false, Par::Seq);
+                        for (j, dxi) in dxg.chunks_mut(in_sz).enumerate() {
+                            col2im_ld(&col[j * cols..], &g, dxi, ld);
                         }
                     }
-                    (dw, col, dyg)
-                },
-            )
-            .map(|(dw, _, _)| dw)
-            .reduce_with(|mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
+                }
+                (dw, col, dyg)
+            },
+            |mut a, b| {
+                for (x, y) in a.0.iter_mut().zip(&b.0) {
                     *x += y;
                 }
                 a
-            });
-        if let Some(dw) = dw {
-            for (g, d) in self.weight.grad.data_mut().iter_mut().zip(&dw) {
-                *g += d;
-            }
+            },
+        );
+        drop(dx_slots);
+        for (g, d) in self.weight.grad.data_mut().iter_mut().zip(&dw) {
+            *g += d;
         }
         dx
     }

@@ -48,7 +48,7 @@ pub enum ConfigError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {msg}")]
     Parse { path: String, msg: String },
-    #[error("config: {0}")]
+    #[error("{0}")]
     Invalid(String),
 }
 

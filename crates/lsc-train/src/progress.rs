@@ -47,12 +47,16 @@ impl Progress {
             return;
         }
         let line = format!(
-            "epoch {}/{} step {}/{} loss {:.4} lr {:.5} {:.0} img/s data-wait {:.0}% ETA {}",
+            "epoch {}/{} step {}/{} loss {} lr {:.5} {:.0} img/s data-wait {:.0}% ETA {}",
             s.epoch,
             s.epochs,
             s.step,
             s.steps,
-            s.loss,
+            if s.loss.is_finite() {
+                format!("{:.4}", s.loss)
+            } else {
+                "- (skipped)".into()
+            },
             s.lr,
             s.images_per_s,
             100.0 * s.data_wait_frac,

@@ -11,24 +11,44 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Most ranks one process may run as threads.
+pub const MAX_THREAD_RANKS: usize = 256;
+
+/// A failed run. Each message is complete on its own: it names the file and line, the rank,
+/// the collective or the config key (no error wraps another as its `source`).
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error(transparent)]
+    #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("{0}")]
     Model(String),
-    #[error("data {path}: {source}")]
-    Open { path: String, source: DataError },
-    #[error(transparent)]
+    #[error("data.{role} {path}: {err}")]
+    Open {
+        role: &'static str,
+        path: String,
+        err: String,
+    },
+    #[error("{0}")]
     Data(#[from] DataError),
-    #[error("{source} (record {location})")]
-    Label { location: String, source: HeadError },
-    #[error(transparent)]
+    #[error("{err} (record {location})")]
+    Label { location: String, err: HeadError },
+    #[error("{0}")]
     Head(#[from] HeadError),
-    #[error(transparent)]
+    #[error("{0}")]
     Comm(#[from] CommError),
     #[error("{0}")]
     Other(String),
+}
+
+impl TrainError {
+    /// True for a collective that failed because another rank left or failed first.
+    fn is_consequence(&self) -> bool {
+        matches!(
+            self,
+            TrainError::Comm(CommError::Aborted { .. } | CommError::Timeout { .. })
+                | TrainError::Head(HeadError::Comm(CommError::Aborted { .. } | CommError::Timeout { .. }))
+        )
+    }
 }
 
 /// The first `n` records of a dataset.
@@ -49,57 +69,122 @@ impl Dataset for Limited {
     }
 }
 
-fn open(path: &Path) -> Result<Arc<dyn Dataset>, TrainError> {
-    let ds = Base64Shards::open(path).map_err(|source| TrainError::Open {
+/// Opens a shard set and checks its labels against `num_classes`.
+fn open(role: &'static str, path: &Path, num_classes: usize) -> Result<Arc<Base64Shards>, TrainError> {
+    let fail = |err: String| TrainError::Open {
+        role,
         path: path.display().to_string(),
-        source,
-    })?;
+        err,
+    };
+    if !path.exists() && path.is_relative() {
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        return Err(fail(format!(
+            "not found (relative paths are taken from the current directory, {cwd}; pass --data DIR or run from the repository root)"
+        )));
+    }
+    let ds = Base64Shards::open(path).map_err(|e| fail(e.to_string()))?;
+    if ds.is_empty() {
+        return Err(fail("holds no records".into()));
+    }
+    if let Some(i) = ds.labels().iter().position(|&l| l as usize >= num_classes) {
+        return Err(fail(format!(
+            "{}: label {} is outside 0..{num_classes} (data.num_classes)",
+            ds.locate(i),
+            ds.labels()[i]
+        )));
+    }
     Ok(Arc::new(ds))
+}
+
+/// Decodes every test record up front, so that a bad test set fails before training.
+fn check_test_set(path: &Path, [h, w]: [usize; 2]) -> Result<(), TrainError> {
+    let fail = |err: String| TrainError::Open {
+        role: "test",
+        path: path.display().to_string(),
+        err,
+    };
+    let mut first = None;
+    let report = lsc_data::verify(path, |e| {
+        first.get_or_insert_with(|| e.to_string());
+    })
+    .map_err(|e| fail(e.to_string()))?;
+    if let Some(e) = first {
+        return Err(fail(format!("{} bad record(s), the first: {e}", report.bad)));
+    }
+    if let Some(&(sh, sw)) = report.sizes.keys().find(|&&s| s != (h, w)) {
+        return Err(fail(format!(
+            "holds {sh}x{sw} images but the model takes {h}x{w} (model.input_size); lsc does not resize"
+        )));
+    }
+    Ok(())
 }
 
 /// Trains with `cfg.train.ranks` ranks (threads) and returns rank 0's summary.
 /// Progress goes to stderr unless `quiet`.
 pub fn train(cfg: &Config, quiet: bool) -> Result<Summary, TrainError> {
     cfg.validate()?;
-    let mut train_ds = open(&cfg.data.train)?;
+    let n = cfg.train.ranks;
+    if n > MAX_THREAD_RANKS {
+        return Err(TrainError::Config(ConfigError::Invalid(format!(
+            "train.ranks: {n} thread ranks is more than the {MAX_THREAD_RANKS} one process runs"
+        ))));
+    }
+    let timeout = lsc_comm::timeout_from_env().map_err(TrainError::Other)?;
+    let classes = cfg.data.num_classes;
+    let mut train_ds: Arc<dyn Dataset> = open("train", &cfg.data.train, classes)?;
     if cfg.data.limit > 0 {
         train_ds = Arc::new(Limited {
             inner: train_ds,
             n: cfg.data.limit,
         });
     }
-    let test_ds = if cfg.data.test.as_os_str().is_empty() {
+    let per_rank = train_ds.len().div_ceil(n);
+    if per_rank < cfg.data.batch_size {
+        return Err(TrainError::Other(format!(
+            "data.train {}: {} record{} give {per_rank} per rank over {n} rank{}, fewer than one batch of {} (data.batch_size)",
+            cfg.data.train.display(),
+            train_ds.len(),
+            if train_ds.len() == 1 { "" } else { "s" },
+            if n == 1 { "" } else { "s" },
+            cfg.data.batch_size
+        )));
+    }
+    let test_ds: Option<Arc<dyn Dataset>> = if cfg.data.test.as_os_str().is_empty() {
         None
     } else {
-        Some(open(&cfg.data.test)?)
+        check_test_set(&cfg.data.test, cfg.model.input_size)?;
+        Some(open("test", &cfg.data.test, classes)?)
     };
-    let n = cfg.train.ranks;
     if n == 1 {
         let mut p = Progress::new(cfg.train.log_every, quiet);
         return train_rank(cfg, &LocalComm, train_ds, test_ds, Some(&mut p));
     }
-    let results = lsc_comm::run_ranks(n, |comm: ThreadComm| {
+    let results = lsc_comm::run_ranks_with_timeout(n, timeout, |comm: ThreadComm| {
         let mut p = Progress::new(cfg.train.log_every, quiet);
         let progress = (comm.rank() == 0).then_some(&mut p);
         train_rank(cfg, &comm, train_ds.clone(), test_ds.clone(), progress)
     });
-    // Report the first real failure (others are usually the aborted collectives it caused).
-    let mut first_err = None;
+    // Report the root cause: a rank's own failure, not the aborted collectives it caused.
+    let mut first_err: Option<TrainError> = None;
     let mut summary = None;
     for (r, res) in results.into_iter().enumerate() {
         match res {
             Ok(s) if r == 0 => summary = Some(s),
             Ok(_) => {}
             Err(e) => {
-                let aborted = matches!(e, TrainError::Comm(CommError::Aborted { .. }));
-                if first_err.is_none() || (!aborted && first_err.as_ref().is_some_and(|(a, _)| *a)) {
-                    first_err = Some((aborted, e));
+                if first_err
+                    .as_ref()
+                    .is_none_or(|f| f.is_consequence() && !e.is_consequence())
+                {
+                    first_err = Some(e);
                 }
             }
         }
     }
     match (first_err, summary) {
-        (Some((_, e)), _) => Err(e),
+        (Some(e), _) => Err(e),
         (None, Some(s)) => Ok(s),
         (None, None) => Err(TrainError::Other("rank 0 produced no summary".into())),
     }
@@ -216,7 +301,7 @@ fn train_rank(
                 let s = head.step(&emb, &batch.labels, comm, &upd).map_err(|e| match e {
                     HeadError::Label { index, .. } => TrainError::Label {
                         location: train_ds.locate(batch.indices[index]),
-                        source: e,
+                        err: e,
                     },
                     e => e.into(),
                 })?;
@@ -251,7 +336,11 @@ fn train_rank(
                     epochs,
                     step: step + 1,
                     steps: steps_per_epoch,
-                    loss: (win / win_n.max(1) as f64) as f32,
+                    loss: if win_n > 0 {
+                        (win / win_n as f64) as f32
+                    } else {
+                        f32::NAN
+                    },
                     lr,
                     images_per_s: ips,
                     data_wait_frac: wait.secs() / busy.max(1e-9),
@@ -263,10 +352,21 @@ fn train_rank(
                 }
             }
         }
-        let mean = if cnt > 0 { (sum / cnt as f64) as f32 } else { f32::NAN };
+        if cnt == 0 {
+            return Err(TrainError::Other(format!(
+                "training diverged: all {steps_per_epoch} steps of epoch {} were skipped for non-finite values \
+                 (lower optim.lr or head.scale)",
+                epoch + 1
+            )));
+        }
+        let mean = (sum / cnt as f64) as f32;
         epoch_losses.push(mean);
         let last = epoch + 1 == epochs;
         let mut msg = format!("epoch {}/{} mean loss {:.4}", epoch + 1, epochs, mean);
+        let epoch_skips = steps_per_epoch - cnt;
+        if epoch_skips > 0 {
+            msg += &format!(" (warning: {epoch_skips} of {steps_per_epoch} steps skipped for non-finite values)");
+        }
         if let Some(ds) = &test_ds
             && (last || (epoch + 1).is_multiple_of(cfg.train.eval_every))
         {
