@@ -30,6 +30,20 @@ fn main() {
         println!("{name:<34} {:>10.2} {gf:>10.1}", s * 1e3);
         json.num(&format!("{name}_gflops"), gf);
     }
+    // The fused head's per-tile products (one thread each; tiles run in parallel).
+    for (name, ta, tb, m, n, k) in [
+        ("head_logits_seq_128x256x512", Trans::N, Trans::T, 128, 256, 512),
+        ("head_dx_seq_128x512x256", Trans::N, Trans::N, 128, 512, 256),
+        ("head_dw_seq_256x512x128", Trans::T, Trans::N, 256, 512, 128),
+    ] {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+        let mut c = vec![0.0f32; m * n];
+        let s = median_secs(2, reps * 3, || matmul(ta, tb, m, n, k, &a, &b, &mut c, false, Par::Seq));
+        let gf = 2.0 * (m * n * k) as f64 / s / 1e9;
+        println!("{name:<34} {:>10.3} {gf:>10.1}", s * 1e3);
+        json.num(&format!("{name}_gflops"), gf);
+    }
     let g = ConvGeom {
         c: 64,
         h: 56,

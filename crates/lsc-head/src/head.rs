@@ -124,9 +124,10 @@ struct Tile {
 fn normalize_rows(x: &[f32], d: usize, out: &mut [f32]) -> Vec<f32> {
     let mut norms = Vec::with_capacity(x.len() / d.max(1));
     for (r, o) in x.chunks(d.max(1)).zip(out.chunks_mut(d.max(1))) {
-        let n = (r.iter().map(|&v| v * v).sum::<f32>().sqrt()).max(NORM_EPS);
+        let n = math::dot(r, r).sqrt().max(NORM_EPS);
+        let inv = 1.0 / n;
         for (a, b) in o.iter_mut().zip(r) {
-            *a = b / n;
+            *a = b * inv;
         }
         norms.push(n);
     }
@@ -136,9 +137,10 @@ fn normalize_rows(x: &[f32], d: usize, out: &mut [f32]) -> Vec<f32> {
 /// Backward of row normalisation: `g ← (g − x̂·(x̂·g)) / ‖x‖`, in place.
 fn normalize_rows_backward(xhat: &[f32], norms: &[f32], d: usize, g: &mut [f32]) {
     for ((h, gr), &n) in xhat.chunks(d.max(1)).zip(g.chunks_mut(d.max(1))).zip(norms) {
-        let dot: f32 = h.iter().zip(gr.iter()).map(|(&a, &b)| a * b).sum();
+        let dot = math::dot(h, gr);
+        let inv = 1.0 / n;
         for (gv, &hv) in gr.iter_mut().zip(h) {
-            *gv = (*gv - hv * dot) / n;
+            *gv = (*gv - hv * dot) * inv;
         }
     }
 }

@@ -54,8 +54,21 @@ impl Rows {
         }
     }
 
+    /// Zeros, written out now (not left to lazily mapped zero pages), so that the first
+    /// training step does not pay for faulting the whole buffer in.
     pub fn zeros(rows: usize, d: usize, dtype: DType) -> Rows {
-        Rows::from_f32(vec![0.0; rows * d], d, dtype)
+        match dtype {
+            DType::F32 => {
+                let mut data = Vec::with_capacity(rows * d);
+                data.resize(rows * d, 0.0f32);
+                Rows::F32 { d, data }
+            }
+            DType::Bf16 => {
+                let mut data = Vec::with_capacity(rows * d);
+                data.resize(rows * d, bf16::ZERO);
+                Rows::Bf16 { d, data }
+            }
+        }
     }
 
     pub fn dtype(&self) -> DType {
