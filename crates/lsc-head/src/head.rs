@@ -471,11 +471,7 @@ impl MarginSoftmax {
         let sc = if self.margin.is_some() { self.cfg.scale } else { 1.0 };
         for i in 0..bg {
             let row = &mut logits[i * n..(i + 1) * n];
-            let k = inv_bg * sc / st.den[i];
-            let g = st.gmax[i];
-            for v in row.iter_mut() {
-                *v = math::exp(*v - g) * k;
-            }
+            math::exp_scaled(row, st.gmax[i], inv_bg * sc / st.den[i]);
         }
         for &(i, j, dphi) in hits {
             let v = &mut logits[i * n + j];

@@ -23,8 +23,28 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(bits)
 }
 
-/// `xs[i] = e^(xs[i] − shift)` and returns their sum in f64.
-pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f64 {
+/// Runs `$body` compiled for AVX2 + FMA when the CPU has them, else for the baseline target.
+/// Both paths do the same IEEE operations in the same order, so they give the same bits.
+macro_rules! dispatch {
+    ($avx:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx($($arg: $ty),*) -> $ret {
+            $generic($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features this copy was compiled for.
+                return unsafe { $avx($($arg),*) };
+            }
+        }
+        return $generic($($arg),*);
+    };
+}
+
+#[inline(always)]
+fn exp_shifted_sum_body(xs: &mut [f32], shift: f32) -> f64 {
     let mut lanes = [0.0f32; 8];
     let mut chunks = xs.chunks_exact_mut(8);
     for c in &mut chunks {
@@ -39,6 +59,23 @@ pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f64 {
         s += *v as f64;
     }
     s
+}
+
+/// `xs[i] = e^(xs[i] − shift)` and returns their sum in f64.
+pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f64 {
+    dispatch!(exp_shifted_sum_avx2, exp_shifted_sum_body, (xs: &mut [f32], shift: f32) -> f64);
+}
+
+#[inline(always)]
+fn exp_scaled_body(xs: &mut [f32], shift: f32, k: f32) {
+    for v in xs.iter_mut() {
+        *v = exp(*v - shift) * k;
+    }
+}
+
+/// `xs[i] = k · e^(xs[i] − shift)` (softmax probabilities when `k = 1 / Σ`).
+pub fn exp_scaled(xs: &mut [f32], shift: f32, k: f32) {
+    dispatch!(exp_scaled_avx2, exp_scaled_body, (xs: &mut [f32], shift: f32, k: f32) -> ());
 }
 
 /// Σ aᵢ·bᵢ in 8 independent f32 lanes (vectorises; a plain iterator sum cannot, since
@@ -78,6 +115,20 @@ mod tests {
         assert!(exp(f32::NAN).is_nan());
         assert!(exp(-1e30) < 1e-37 && exp(-1e30) >= 0.0);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn dispatched_and_baseline_paths_agree_bit_for_bit() {
+        let base: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.173).collect();
+        let (mut a, mut b) = (base.clone(), base.clone());
+        let sa = exp_shifted_sum(&mut a, 2.5);
+        let sb = exp_shifted_sum_body(&mut b, 2.5);
+        assert_eq!(sa.to_bits(), sb.to_bits());
+        assert_eq!(a, b);
+        let (mut c, mut d) = (base.clone(), base);
+        exp_scaled(&mut c, 1.0, 0.25);
+        exp_scaled_body(&mut d, 1.0, 0.25);
+        assert_eq!(c, d);
     }
 
     #[test]
