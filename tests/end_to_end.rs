@@ -72,3 +72,61 @@ fn results_do_not_depend_on_the_thread_count() {
     assert_eq!(a.epoch_losses, b.epoch_losses);
     assert_eq!(a.test_top1, b.test_top1);
 }
+
+/// The lsc64 hashes of the files of the newest checkpoint under `root`.
+fn final_hashes(root: &std::path::Path) -> Vec<(String, String)> {
+    let (_, m) = lsc_ckpt::load_manifest(root, true).unwrap();
+    m.files.into_iter().map(|f| (f.name, f.hash)).collect()
+}
+
+#[test]
+fn an_interrupted_and_resumed_run_ends_bit_identical() {
+    let tmp = std::env::temp_dir().join(format!("lsc-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for ranks in [1, 2] {
+        let mut base = slice_config(320, 3);
+        base.train.ranks = ranks;
+        base.data.batch_size = 32 / ranks;
+        base.head.sample_rate = 0.7; // Partial FC sampling must resume too
+        base.model.dropout = 0.2; // and dropout masks
+        let mut whole = base.clone();
+        whole.train.checkpoint_dir = tmp.join(format!("whole-{ranks}"));
+        let a = train(&whole, true).unwrap();
+        // Interrupted mid-epoch (step 7 of 10) and at an epoch end (step 20), then resumed.
+        for stop in [7, 20] {
+            let root = tmp.join(format!("cut-{ranks}-{stop}"));
+            let mut cut = base.clone();
+            cut.train.checkpoint_dir = root.clone();
+            cut.train.max_steps = stop;
+            let partial = train(&cut, true).unwrap();
+            assert_eq!(partial.steps, stop);
+            let mut rest = base.clone();
+            rest.train.checkpoint_dir = root.clone();
+            rest.train.resume = root.clone();
+            let b = train(&rest, true).unwrap();
+            assert_eq!(b.steps, a.steps);
+            assert_eq!(b.epoch_losses, a.epoch_losses, "{ranks} ranks, cut at {stop}");
+            assert_eq!(
+                final_hashes(&root),
+                final_hashes(&whole.train.checkpoint_dir),
+                "{ranks} ranks, cut at {stop}"
+            );
+        }
+    }
+    // A corrupted checkpoint is refused, naming the file.
+    let root = tmp.join("cut-1-7");
+    let (dir, _) = lsc_ckpt::load_manifest(&root, true).unwrap();
+    let f = dir.join("backbone.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&f, bytes).unwrap();
+    let mut again = slice_config(320, 3);
+    again.train.resume = root;
+    let e = train(&again, true).unwrap_err().to_string();
+    assert!(
+        e.contains("backbone.safetensors") && e.contains("checksum mismatch"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -47,6 +47,11 @@ fn real_main() -> Result<()> {
                 .args(["bench", "-q", "-p", "lsc-benches", "--bench", "fc", "--"])
                 .args(&rest),
         ),
+        "bench-comm" => run_cmd(
+            cargo()
+                .args(["bench", "-q", "-p", "lsc-benches", "--bench", "comm", "--"])
+                .args(&rest),
+        ),
         "bench-head-dtype" => run_cmd(
             cargo()
                 .args(["bench", "-q", "-p", "lsc-benches", "--bench", "head_dtype", "--"])
@@ -75,6 +80,8 @@ cargo xtask COMMAND
   bench-fc [--classes C] [--batch B] [--dim D] [--ranks N] [--dtype f32|bf16]
            [--sample-rate R] [--steps S] [--loss arcface|cosface|softmax]
                                the fused margin-softmax head step against the plain GEMM rate
+  bench-comm [--sizes 4KiB,1MiB,16MiB] [--ranks 2,4] [--reps N]
+                               every collective over thread ranks, against a single-thread memcpy
   bench-head-dtype [--classes C] [--dim D] [--batch B] [--steps N] [--noise X] [--lr LR]
                    [--loss arcface|cosface] [--scale S] [--margin M] [--rtn]
                                bf16 against f32 head weights on a learnable synthetic task

@@ -1,5 +1,6 @@
 //! `lsc`: large-scale classification training from the command line.
 
+mod ckpt; // defines: `lsc ckpt inspect`
 mod data; // defines: `lsc data pack | verify`
 mod train; // defines: `lsc train`
 
@@ -13,6 +14,7 @@ usage: lsc <command> [options]
 commands:
   train      train a backbone and a class-sharded margin-softmax head (lsc train --help)
   data       pack, verify base64 image shards (lsc data --help)
+  ckpt       inspect a checkpoint (lsc ckpt --help)
   gpu        report the CUDA driver and devices found at run time
 ";
 
@@ -60,6 +62,7 @@ fn main() {
     let res = match cmd.as_str() {
         "train" => train::run(args),
         "data" => data::run(args),
+        "ckpt" => ckpt::run(args),
         "gpu" => gpu(),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 const USAGE: &str = "\
 usage: lsc train [--config FILE] [--epochs N] [--data DIR] [--ranks N] [--limit N]
-                 [--batch-size N] [--seed N] [--quiet] [--print-config] [--profile]
+                 [--batch-size N] [--seed N] [--checkpoint-dir DIR] [--resume DIR] [--max-steps N]
+                 [--quiet] [--print-config] [--profile]
 
   --config FILE    TOML config; overrides the built-in defaults key by key
   --epochs N       train.epochs
@@ -17,6 +18,9 @@ usage: lsc train [--config FILE] [--epochs N] [--data DIR] [--ranks N] [--limit 
   --limit N        data.limit: use only the first N training records
   --batch-size N   data.batch_size (per rank)
   --seed N         seed
+  --checkpoint-dir DIR  train.checkpoint_dir: save checkpoints there (every epoch by default)
+  --resume DIR     train.resume: continue from a checkpoint, or from the newest one under DIR
+  --max-steps N    train.max_steps: stop (and save, with a checkpoint dir) after N global steps
   --quiet          no progress output; only the final JSON line
   --print-config   print the resolved config and exit
   --profile        time each layer type and print the table (seconds, share, GFLOP/s) at the end
@@ -37,6 +41,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     let (mut config, mut epochs, mut data, mut ranks, mut limit, mut bs, mut seed) =
         (None, None, None, None, None, None, None);
     let (mut quiet, mut print, mut prof) = (false, false, false);
+    let (mut ckpt, mut resume, mut max_steps) = (None, None, None);
     while let Some(arg) = p.next()? {
         match arg {
             Long("config") => config = Some(PathBuf::from(p.value()?)),
@@ -46,6 +51,9 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             Long("limit") => limit = Some(parse::<usize>("limit", p.value()?)?),
             Long("batch-size") => bs = Some(parse::<usize>("batch-size", p.value()?)?),
             Long("seed") => seed = Some(parse::<u64>("seed", p.value()?)?),
+            Long("checkpoint-dir") => ckpt = Some(PathBuf::from(p.value()?)),
+            Long("resume") => resume = Some(PathBuf::from(p.value()?)),
+            Long("max-steps") => max_steps = Some(parse::<usize>("max-steps", p.value()?)?),
             Long("quiet") => quiet = true,
             Long("print-config") => print = true,
             Long("profile") => prof = true,
@@ -97,6 +105,15 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     }
     if let Some(v) = seed {
         cfg.seed = v;
+    }
+    if let Some(v) = ckpt {
+        cfg.train.checkpoint_dir = v;
+    }
+    if let Some(v) = resume {
+        cfg.train.resume = v;
+    }
+    if let Some(v) = max_steps {
+        cfg.train.max_steps = v;
     }
     let origin = match &config {
         Some(p) => format!("config {} with the command-line flags", p.display()),

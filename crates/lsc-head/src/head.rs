@@ -211,6 +211,53 @@ impl MarginSoftmax {
     pub fn bias(&self) -> Option<&[f32]> {
         self.bias.as_deref()
     }
+    pub fn bias_momentum(&self) -> Option<&[f32]> {
+        self.bias_momentum.as_deref()
+    }
+
+    /// Restores a saved state of this shard (`[shard, D]` weights and momentum as f32, the
+    /// bias and its momentum for softmax, and the step counter). Checks every length.
+    pub fn restore(
+        &mut self,
+        weights: Vec<f32>,
+        momentum: Vec<f32>,
+        bias: Option<(Vec<f32>, Vec<f32>)>,
+        steps: u64,
+    ) -> Result<(), String> {
+        let n = self.shard.len() * self.emb_dim;
+        if weights.len() != n || momentum.len() != n {
+            return Err(format!(
+                "head shard {:?} × {} needs {n} weights and momenta, got {} and {}",
+                self.shard,
+                self.emb_dim,
+                weights.len(),
+                momentum.len()
+            ));
+        }
+        match (&self.bias, bias) {
+            (Some(_), Some((b, bm))) if b.len() == self.shard.len() && bm.len() == self.shard.len() => {
+                self.bias = Some(b);
+                self.bias_momentum = Some(bm);
+            }
+            (None, None) => {}
+            (has, got) => {
+                return Err(format!(
+                    "head bias: this config {} one, the checkpoint {}",
+                    if has.is_some() { "has" } else { "has no" },
+                    if got.is_some() {
+                        "has one (or the wrong size)"
+                    } else {
+                        "has none"
+                    }
+                ));
+            }
+        }
+        self.weight = Rows::from_f32(weights, self.emb_dim, self.cfg.dtype);
+        self.momentum = Rows::from_f32(momentum, self.emb_dim, self.cfg.dtype);
+        self.steps = steps;
+        Ok(())
+    }
+
     /// Bytes held by the weights, momentum and bias of this shard.
     pub fn state_bytes(&self) -> usize {
         self.weight.bytes() + self.momentum.bytes() + self.bias.as_ref().map_or(0, |b| 8 * b.len())

@@ -6,6 +6,7 @@ use lsc_tensor::{Rng, Tensor};
 
 pub struct Dropout {
     pub p: f32,
+    seed: u64,
     rng: Rng,
     mask: Vec<f32>,
     /// When set, training forwards reuse the last mask (for gradient checks).
@@ -17,10 +18,18 @@ impl Dropout {
         assert!((0.0..1.0).contains(&p), "dropout probability {p} outside [0, 1)");
         Dropout {
             p,
+            seed,
             rng: Rng::new(seed),
             mask: Vec::new(),
             freeze_mask: false,
         }
+    }
+}
+
+impl Dropout {
+    /// Draws the next masks from the stream of (seed, step).
+    pub fn set_step(&mut self, step: u64) {
+        self.rng = Rng::stream(self.seed, step);
     }
 }
 

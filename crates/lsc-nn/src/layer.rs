@@ -59,6 +59,10 @@ pub trait Backbone: Send {
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param));
     fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, &mut Tensor));
 
+    /// Tells the model the global step about to run, so that its randomness (dropout) is a
+    /// function of (seed, step) and a resumed run draws the same masks.
+    fn set_step(&mut self, _step: u64) {}
+
     /// Zeroes every parameter gradient.
     fn zero_grad(&mut self) {
         self.visit_params(&mut |p| p.grad.fill_zero());

@@ -371,6 +371,9 @@ impl Backbone for IResNet {
     fn emb_dim(&self) -> usize {
         self.cfg.emb_dim
     }
+    fn set_step(&mut self, step: u64) {
+        self.dropout.set_step(step);
+    }
     fn input_shape(&self) -> [usize; 3] {
         [3, self.cfg.input_size[0], self.cfg.input_size[1]]
     }

@@ -56,6 +56,17 @@ impl Sgd {
         });
     }
 
+    /// Every momentum buffer by parameter name, in visit order (for checkpoints).
+    pub fn state(&self) -> &[(String, Vec<f32>)] {
+        &self.bufs
+    }
+
+    /// Restores buffers saved by [`Sgd::state`]; the next step checks them against the
+    /// parameters by name and size.
+    pub fn load_state(&mut self, bufs: Vec<(String, Vec<f32>)>) {
+        self.bufs = bufs;
+    }
+
     /// The momentum buffer of a parameter, by name.
     pub fn momentum_of(&self, name: &str) -> Option<&[f32]> {
         self.bufs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())

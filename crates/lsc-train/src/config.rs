@@ -39,6 +39,18 @@ pub struct TrainConfig {
     pub ranks: usize,
     pub log_every: usize,
     pub eval_every: usize,
+    /// Where checkpoints go ("" for none).
+    pub checkpoint_dir: PathBuf,
+    /// Save after every N epochs (0: never at epoch ends).
+    pub save_every_epochs: usize,
+    /// Save after every N global steps (0: never mid-epoch).
+    pub save_every_steps: usize,
+    /// Keep the newest N checkpoints (0: all).
+    pub keep_last: usize,
+    /// Resume from this checkpoint, or from the newest under this root ("" for a fresh start).
+    pub resume: PathBuf,
+    /// Stop after this many global steps (0: run every epoch).
+    pub max_steps: usize,
 }
 
 /// A config that could not be read; the message names the file and the key.

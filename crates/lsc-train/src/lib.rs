@@ -6,6 +6,7 @@
 //! goes through the `Communicator` (embedding all-gather inside the head, backbone gradient
 //! all-reduce here), so other engines (MPI, NCCL) slot in without touching the loop.
 
+pub mod checkpoint; // defines: save, load (a whole run, every rank), Position
 mod config; // defines: Config and its sections, DEFAULTS, ConfigError
 mod progress; // defines: Progress (live progress line), Summary (final JSON line)
 mod trainer; // defines: train, train_rank, evaluate, TrainError

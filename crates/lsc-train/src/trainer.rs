@@ -1,5 +1,6 @@
 //! The training loop of one rank, the thread launcher, and evaluation.
 
+use crate::checkpoint::{self, Position};
 use crate::config::{Config, ConfigError};
 use crate::progress::{Clock, Progress, StepInfo, Summary};
 use lsc_comm::{CommError, Communicator, LocalComm, ReduceOp, ThreadComm};
@@ -264,21 +265,46 @@ fn train_rank(
     };
     let epochs = cfg.train.epochs;
     let total_steps = epochs * steps_per_epoch;
+    let mut pos = Position::default();
+    if !cfg.train.resume.as_os_str().is_empty() {
+        let (dir, p) = checkpoint::load(cfg, comm, &mut net, &mut opt_net, &mut head)?;
+        if let Some(pr) = progress.as_deref_mut() {
+            pr.line(&format!(
+                "resumed from {} at step {} (epoch {}, step {} of it)",
+                dir.display(),
+                p.step,
+                p.epoch + 1,
+                p.step_in_epoch
+            ));
+        }
+        pos = p;
+    }
+    let saving = !cfg.train.checkpoint_dir.as_os_str().is_empty();
     let mut grad_buf = Vec::new();
     let (mut wait, mut compute) = (Clock::default(), Clock::default());
-    let mut epoch_losses = Vec::new();
-    let mut skipped = 0;
+    let mut epoch_losses = pos.epoch_losses.clone();
+    let mut skipped = pos.skipped as usize;
     let mut top1 = None;
-    let mut k = 0;
-    for epoch in 0..epochs {
-        let mut loader = epoch_loader(
-            train_ds.clone(),
-            sampler.epoch(epoch as u64),
-            opts.clone(),
-            epoch as u64,
-        );
-        let (mut sum, mut cnt, mut win, mut win_n) = (0.0f64, 0usize, 0.0f64, 0usize);
-        for step in 0..steps_per_epoch {
+    let mut k = pos.step as usize;
+    let k0 = k;
+    let mut stopped = false;
+    for epoch in (pos.epoch as usize)..epochs {
+        let first = if epoch as u64 == pos.epoch {
+            pos.step_in_epoch as usize
+        } else {
+            0
+        };
+        let mut indices = sampler.epoch(epoch as u64);
+        indices.drain(..(first * bs).min(indices.len()));
+        let mut loader = epoch_loader(train_ds.clone(), indices, opts.clone(), epoch as u64);
+        let (mut sum, mut cnt, mut win, mut win_n) = if first > 0 {
+            (pos.loss_sum, pos.loss_count as usize, 0.0f64, 0usize)
+        } else {
+            (0.0f64, 0usize, 0.0f64, 0usize)
+        };
+        let mut done = first;
+        for step in first..steps_per_epoch {
+            done = step + 1;
             let batch = match wait.time(|| loader.next()) {
                 Some(b) => b?,
                 None => {
@@ -290,6 +316,7 @@ fn train_rank(
             };
             let lr = sched.lr(k);
             let out = compute.time(|| -> Result<_, TrainError> {
+                net.set_step(k as u64);
                 let emb = net.forward(&batch.images, Mode::Train);
                 let timer = profile::scope("head", 0.0);
                 let upd = Update {
@@ -330,7 +357,7 @@ fn train_rank(
             }
             if let Some(p) = progress.as_deref_mut() {
                 let busy = wait.secs() + compute.secs();
-                let ips = (k * bs * world) as f64 / busy.max(1e-9);
+                let ips = ((k - k0) * bs * world) as f64 / busy.max(1e-9);
                 p.step(&StepInfo {
                     epoch: epoch + 1,
                     epochs,
@@ -344,13 +371,38 @@ fn train_rank(
                     lr,
                     images_per_s: ips,
                     data_wait_frac: wait.secs() / busy.max(1e-9),
-                    eta_s: (total_steps - k) as f64 * busy / k as f64,
+                    eta_s: (total_steps - k) as f64 * busy / (k - k0) as f64,
                 });
                 if step + 1 == steps_per_epoch || (step + 1).is_multiple_of(cfg.train.log_every) {
                     win = 0.0;
                     win_n = 0;
                 }
             }
+            let stop = cfg.train.max_steps > 0 && k >= cfg.train.max_steps;
+            let every = cfg.train.save_every_steps;
+            if saving && step + 1 < steps_per_epoch && (stop || (every > 0 && k.is_multiple_of(every))) {
+                let at = Position {
+                    step: k as u64,
+                    epoch: epoch as u64,
+                    step_in_epoch: (step + 1) as u64,
+                    skipped: skipped as u64,
+                    epoch_losses: epoch_losses.clone(),
+                    loss_sum: sum,
+                    loss_count: cnt as u64,
+                };
+                let dir = checkpoint::save(cfg, comm, &mut net, &opt_net, &head, &at)?;
+                if let (Some(p), Some(d)) = (progress.as_deref_mut(), dir) {
+                    p.line(&format!("saved {}", d.display()));
+                }
+            }
+            if stop {
+                stopped = true;
+                break;
+            }
+        }
+        if done < steps_per_epoch {
+            // Stopped mid-epoch by train.max_steps (and saved there): no epoch mean, no evaluation.
+            break;
         }
         if cnt == 0 {
             return Err(TrainError::Other(format!(
@@ -379,6 +431,25 @@ fn train_rank(
             msg += &format!(" elapsed {:.1}s", t0.elapsed().as_secs_f64());
             p.line(&msg);
         }
+        let every = cfg.train.save_every_epochs;
+        if saving && (stopped || last || (every > 0 && (epoch + 1).is_multiple_of(every))) {
+            let at = Position {
+                step: k as u64,
+                epoch: (epoch + 1) as u64,
+                step_in_epoch: 0,
+                skipped: skipped as u64,
+                epoch_losses: epoch_losses.clone(),
+                loss_sum: 0.0,
+                loss_count: 0,
+            };
+            let dir = checkpoint::save(cfg, comm, &mut net, &opt_net, &head, &at)?;
+            if let (Some(p), Some(d)) = (progress.as_deref_mut(), dir) {
+                p.line(&format!("saved {}", d.display()));
+            }
+        }
+        if stopped {
+            break;
+        }
     }
     let busy = wait.secs() + compute.secs();
     Ok(Summary {
@@ -390,7 +461,7 @@ fn train_rank(
         final_loss: epoch_losses.last().copied().unwrap_or(f32::NAN),
         epoch_losses,
         test_top1: top1,
-        images_per_s: (k * bs * world) as f64 / busy.max(1e-9),
+        images_per_s: ((k - k0) * bs * world) as f64 / busy.max(1e-9),
         wall_s: t0.elapsed().as_secs_f64(),
         data_wait_s: wait.secs(),
         skipped_steps: skipped,

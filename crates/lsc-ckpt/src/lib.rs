@@ -1,0 +1,46 @@
+//! Checkpoints: a directory of safetensors files plus a TOML manifest.
+//!
+//! Layout of one checkpoint, `ROOT/step-000000930/`:
+//! - `manifest.toml`: format version, step and epoch, class count, embedding size, world size,
+//!   each head shard's class range and file, dtypes, the resolved config, and the size and
+//!   hash of every file;
+//! - `backbone.safetensors`: backbone parameters, BN statistics and their momentum;
+//! - `head.rank00000-of-00002.safetensors` …: one file per head shard (weights, momentum,
+//!   bias);
+//! - `trainer.safetensors`: the trainer state (step counters, per-epoch losses).
+//!
+//! The key decision: a save is written into `ROOT/.tmp-step-…/` and renamed to its final name
+//! only when every file and the manifest are on disk, so a crash at any moment leaves the
+//! previous checkpoints loadable and never a half-written one under a final name.
+//! Plain safetensors files mean PyTorch and the Hugging Face tools read the tensors as they are.
+
+mod hash; // defines: Hasher (lsc64, the file checksum)
+mod manifest; // defines: Manifest, FileEntry, ShardEntry
+mod store; // defines: begin/commit of a save, latest, rotate, load checks
+mod tensors; // defines: write_safetensors (streaming), read_safetensors, Tensor data types
+
+pub use hash::{Hasher, hash_file};
+pub use manifest::{FORMAT, FileEntry, MANIFEST, Manifest, ShardEntry, VERSION};
+pub use store::{PendingSave, checkpoint_dirs, latest, load_manifest, record_file, rotate, step_dir_name};
+pub use tensors::{Data, NamedTensor, read_safetensors, write_safetensors};
+
+/// A checkpoint that could not be written or read. Every message names the file and, where
+/// it applies, the tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum CkptError {
+    #[error("{path}: {err}")]
+    Io { path: String, err: std::io::Error },
+    #[error("{path}: {why}")]
+    Corrupt { path: String, why: String },
+    #[error("{path}: tensor {tensor}: {why}")]
+    Tensor { path: String, tensor: String, why: String },
+    #[error("{path}: no checkpoint found (expected a step-N directory with a manifest.toml)")]
+    NotFound { path: String },
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CkptError + '_ {
+    move |err| CkptError::Io {
+        path: path.display().to_string(),
+        err,
+    }
+}
