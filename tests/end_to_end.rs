@@ -130,3 +130,20 @@ fn an_interrupted_and_resumed_run_ends_bit_identical() {
     );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn recordio_and_image_list_sets_train_and_evaluate() {
+    let fx = lsc_tests::repo_root().join("crates/lsc-data/tests/fixtures");
+    for (train_set, test_set) in [
+        (fx.join("face/train.rec"), fx.join("imagelist/label.txt")),
+        (fx.join("imagelist"), fx.join("plain/data.rec")),
+    ] {
+        let mut cfg = slice_config(0, 2);
+        cfg.data.train = train_set.clone();
+        cfg.data.test = test_set;
+        cfg.data.batch_size = 2;
+        let s = train(&cfg, true).unwrap_or_else(|e| panic!("{}: {e}", train_set.display()));
+        assert_eq!(s.steps, 2 * 3, "{}", train_set.display());
+        assert!(s.test_top1.is_some() && s.final_loss.is_finite());
+    }
+}

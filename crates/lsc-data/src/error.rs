@@ -76,6 +76,39 @@ pub enum RecordError {
         got_h: usize,
         got_w: usize,
     },
+    // MXNet RecordIO (`.rec` + `.idx`, see `recordio`): the record's location is
+    // `file.rec:key K (offset O)`, or `file.idx:line` for index lines.
+    #[error("bad RecordIO magic 0x{found:08x} at byte {at} (expected 0xced7230a)")]
+    RecMagic { at: u64, found: u32 },
+    #[error("RecordIO chunk at byte {at} has continuation flag {cflag}; expected {expected}")]
+    RecChunkFlag {
+        at: u64,
+        cflag: u32,
+        expected: &'static str,
+    },
+    #[error("truncated RecordIO record: the chunk at byte {at} needs bytes up to {end}; the file has {len}")]
+    RecTruncated { at: u64, end: u64, len: u64 },
+    #[error("RecordIO payload of {len} bytes is shorter than its header (24 bytes + 4 x flag {flag} labels)")]
+    RecShortHeader { len: usize, flag: u32 },
+    #[error("label {0} is not a non-negative integer")]
+    FloatLabel(f32),
+    #[error("the record holds no image bytes")]
+    NoImage,
+    #[error("bad insightface header record (key 0): {0}")]
+    FaceHeader(String),
+    #[error("bad index line (expected `<key>\\t<byte offset>`): {0}")]
+    IndexLine(String),
+    #[error("key {key} is not in the index ({why})")]
+    MissingKey { key: u64, why: String },
+    // PLSC image-folder lists (`label.txt`, see `imagelist`): the location is `label.txt:line`.
+    #[error("expected `<relative path> <label>`: {0}")]
+    ListLine(String),
+    #[error("cannot read image {}: {source}", path.display())]
+    ImageFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Errors from decoding an encoded image.

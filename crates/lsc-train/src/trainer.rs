@@ -4,7 +4,7 @@ use crate::checkpoint::{self, Position};
 use crate::config::{Config, ConfigError};
 use crate::progress::{Clock, Progress, StepInfo, Summary};
 use lsc_comm::{CommError, Communicator, LocalComm, ReduceOp, ThreadComm};
-use lsc_data::{Base64Shards, DataError, Dataset, LoaderOptions, Record, Sampler, epoch_loader};
+use lsc_data::{Base64Shards, DataError, Dataset, ImageList, LoaderOptions, Record, RecordIo, Sampler, epoch_loader};
 use lsc_head::{HeadError, MarginSoftmax, Update};
 use lsc_nn::{Backbone, IResNet, Mode, profile};
 use lsc_optim::Sgd;
@@ -70,8 +70,11 @@ impl Dataset for Limited {
     }
 }
 
-/// Opens a shard set and checks its labels against `num_classes`.
-fn open(role: &'static str, path: &Path, num_classes: usize) -> Result<Arc<Base64Shards>, TrainError> {
+/// Opens a data set by its shape on disk: a `.rec` file (insightface RecordIO with its
+/// `.idx`), a `label.txt` (or a directory holding one: PLSC's image-folder list), otherwise
+/// PLSC base64 shards (a `file_list.txt`, its directory, or one shard). Labels are checked
+/// against `num_classes` up front where the format lists them.
+fn open(role: &'static str, path: &Path, num_classes: usize) -> Result<Arc<dyn Dataset>, TrainError> {
     let fail = |err: String| TrainError::Open {
         role,
         path: path.display().to_string(),
@@ -85,39 +88,64 @@ fn open(role: &'static str, path: &Path, num_classes: usize) -> Result<Arc<Base6
             "not found (relative paths are taken from the current directory, {cwd}; pass --data DIR or run from the repository root)"
         )));
     }
-    let ds = Base64Shards::open(path).map_err(|e| fail(e.to_string()))?;
+    let (ds, labels): (Arc<dyn Dataset>, Option<Vec<u32>>) = if path.extension().is_some_and(|e| e == "rec") {
+        (Arc::new(RecordIo::open(path).map_err(|e| fail(e.to_string()))?), None)
+    } else if path.file_name().is_some_and(|n| n == lsc_data::LABEL_TXT) || path.join(lsc_data::LABEL_TXT).is_file() {
+        let l = ImageList::open(path).map_err(|e| fail(e.to_string()))?;
+        let labels = l.labels().to_vec();
+        (Arc::new(l), Some(labels))
+    } else {
+        let b = Base64Shards::open(path).map_err(|e| fail(e.to_string()))?;
+        let labels = b.labels().to_vec();
+        (Arc::new(b), Some(labels))
+    };
     if ds.is_empty() {
         return Err(fail("holds no records".into()));
     }
-    if let Some(i) = ds.labels().iter().position(|&l| l as usize >= num_classes) {
+    if let Some(i) = labels
+        .as_ref()
+        .and_then(|l| l.iter().position(|&v| v as usize >= num_classes))
+    {
+        let l = labels.as_ref().map_or(0, |l| l[i]);
         return Err(fail(format!(
-            "{}: label {} is outside 0..{num_classes} (data.num_classes)",
-            ds.locate(i),
-            ds.labels()[i]
+            "{}: label {l} is outside 0..{num_classes} (data.num_classes)",
+            ds.locate(i)
         )));
     }
-    Ok(Arc::new(ds))
+    Ok(ds)
 }
 
-/// Decodes every test record up front, so that a bad test set fails before training.
-fn check_test_set(path: &Path, [h, w]: [usize; 2]) -> Result<(), TrainError> {
+/// Decodes every test record up front (in parallel), so that a bad test set fails before
+/// training: each record must decode, be `h × w`, and have a label below `num_classes`.
+fn check_test_set(ds: &dyn Dataset, path: &Path, [h, w]: [usize; 2], num_classes: usize) -> Result<(), TrainError> {
+    use rayon::prelude::*;
     let fail = |err: String| TrainError::Open {
         role: "test",
         path: path.display().to_string(),
         err,
     };
-    let mut first = None;
-    let report = lsc_data::verify(path, |e| {
-        first.get_or_insert_with(|| e.to_string());
-    })
-    .map_err(|e| fail(e.to_string()))?;
-    if let Some(e) = first {
-        return Err(fail(format!("{} bad record(s), the first: {e}", report.bad)));
-    }
-    if let Some(&(sh, sw)) = report.sizes.keys().find(|&&s| s != (h, w)) {
-        return Err(fail(format!(
-            "holds {sh}x{sw} images but the model takes {h}x{w} (model.input_size); lsc does not resize"
-        )));
+    let bad = (0..ds.len()).into_par_iter().find_first(|&i| {
+        !matches!(ds.record(i).map(|r| (lsc_data::decode_rgb(&r.image).ok(), r.label)), Ok((Some((_, rh, rw)), l)) if rh == h && rw == w && (l as usize) < num_classes)
+    });
+    if let Some(i) = bad {
+        let why = match ds.record(i) {
+            Err(e) => e.to_string(),
+            Ok(r) => match lsc_data::decode_rgb(&r.image) {
+                Err(e) => format!("{}: {e}", ds.locate(i)),
+                Ok((_, rh, rw)) if (rh, rw) != (h, w) => {
+                    format!(
+                        "{}: a {rh}x{rw} image but the model takes {h}x{w} (model.input_size); lsc does not resize",
+                        ds.locate(i)
+                    )
+                }
+                Ok(_) => format!(
+                    "{}: label {} is outside 0..{num_classes} (data.num_classes)",
+                    ds.locate(i),
+                    r.label
+                ),
+            },
+        };
+        return Err(fail(why));
     }
     Ok(())
 }
@@ -155,8 +183,9 @@ pub fn train(cfg: &Config, quiet: bool) -> Result<Summary, TrainError> {
     let test_ds: Option<Arc<dyn Dataset>> = if cfg.data.test.as_os_str().is_empty() {
         None
     } else {
-        check_test_set(&cfg.data.test, cfg.model.input_size)?;
-        Some(open("test", &cfg.data.test, classes)?)
+        let ds = open("test", &cfg.data.test, classes)?;
+        check_test_set(ds.as_ref(), &cfg.data.test, cfg.model.input_size, classes)?;
+        Some(ds)
     };
     if n == 1 {
         let mut p = Progress::new(cfg.train.log_every, quiet);
