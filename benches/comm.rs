@@ -262,13 +262,7 @@ fn fmt_time(s: f64) -> String {
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let a = lsc_benches::args_or_exit(parse());
     let mut j = JsonLine::default();
     j.str("bench", "comm");
     j.str("backend", "threads");

@@ -151,13 +151,7 @@ fn run_rank(a: &Args, comm: &dyn Communicator) -> (Vec<f64>, usize, usize) {
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let a = lsc_benches::args_or_exit(parse());
     let results = if a.ranks == 1 {
         vec![run_rank(&a, &LocalComm)]
     } else {

@@ -266,13 +266,7 @@ impl Run {
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let a = lsc_benches::args_or_exit(parse());
     let wall = Instant::now();
     let mut cfg = HeadConfig::new(a.loss);
     cfg.scale = a.scale;

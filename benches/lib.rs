@@ -46,3 +46,11 @@ pub fn peak_rss_mb() -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// A bench's parsed flags, or its usage message on stderr and exit status 2.
+pub fn args_or_exit<A>(parsed: Result<A, String>) -> A {
+    parsed.unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    })
+}
