@@ -42,26 +42,15 @@ fn real_main() -> Result<()> {
         }
         "test" => test::run(&rest),
         "gpu-check" => test::gpu_check(),
-        "bench-fc" => run_cmd(
-            cargo()
-                .args(["bench", "-q", "-p", "lsc-benches", "--bench", "fc", "--"])
-                .args(&rest),
-        ),
-        "bench-comm" => run_cmd(
-            cargo()
-                .args(["bench", "-q", "-p", "lsc-benches", "--bench", "comm", "--"])
-                .args(&rest),
-        ),
-        "bench-head-dtype" => run_cmd(
-            cargo()
-                .args(["bench", "-q", "-p", "lsc-benches", "--bench", "head_dtype", "--"])
-                .args(&rest),
-        ),
-        "bench-kernels" => run_cmd(
-            cargo()
-                .args(["bench", "-q", "-p", "lsc-benches", "--bench", "kernels", "--"])
-                .args(&rest),
-        ),
+        // `bench-NAME` runs the harness-free bench target NAME (dashes become underscores).
+        "bench-fc" | "bench-comm" | "bench-head-dtype" | "bench-kernels" => {
+            let target = cmd.trim_start_matches("bench-").replace('-', "_");
+            run_cmd(
+                cargo()
+                    .args(["bench", "-q", "-p", "lsc-benches", "--bench", &target, "--"])
+                    .args(&rest),
+            )
+        }
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
