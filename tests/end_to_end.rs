@@ -147,3 +147,34 @@ fn recordio_and_image_list_sets_train_and_evaluate() {
         assert!(s.test_top1.is_some() && s.final_loss.is_finite());
     }
 }
+
+#[test]
+fn resize_crop_and_skip_bad_train_and_a_bad_record_is_named_without_skip_bad() {
+    let tmp = std::env::temp_dir().join(format!("lsc-e2e-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    // 96 real records with a corrupt one (bad base64) as line 41.
+    let src = std::fs::read_to_string(lsc_tests::mini_dataset().join("train/part-00000")).unwrap();
+    let mut lines: Vec<&str> = src.lines().take(96).collect();
+    lines.insert(40, "!!not base64!!\t3");
+    std::fs::write(tmp.join("part-00000"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(tmp.join("file_list.txt"), "part-00000\n").unwrap();
+    let mut cfg = slice_config(0, 1);
+    cfg.data.train = tmp.clone();
+    cfg.data.test = std::path::PathBuf::new();
+    let e = train(&cfg, true).unwrap_err().to_string();
+    assert!(e.contains("part-00000:41"), "{e}");
+    cfg.data.skip_bad = true;
+    // 28x28 images resized to 32x32, with random resized crops.
+    cfg.data.resize = true;
+    cfg.data.random_crop = true;
+    cfg.data.crop_scale = [0.5, 1.0];
+    cfg.model.input_size = [32, 32];
+    let s = train(&cfg, true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.steps, 97usize.div_ceil(32));
+    assert!(s.final_loss.is_finite());
+    cfg.data.crop_scale = [0.0, 1.0];
+    let e = train(&cfg, true).unwrap_err().to_string();
+    assert!(e.contains("data.crop_scale"), "{e}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

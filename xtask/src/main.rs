@@ -43,7 +43,7 @@ fn real_main() -> Result<()> {
         "test" => test::run(&rest),
         "gpu-check" => test::gpu_check(),
         // `bench-NAME` runs the harness-free bench target NAME (dashes become underscores).
-        "bench-fc" | "bench-comm" | "bench-head-dtype" | "bench-kernels" => {
+        "bench-fc" | "bench-comm" | "bench-head-dtype" | "bench-kernels" | "bench-ckpt" | "bench-data" => {
             let target = cmd.trim_start_matches("bench-").replace('-', "_");
             run_cmd(
                 cargo()
@@ -75,6 +75,10 @@ cargo xtask COMMAND
                    [--loss arcface|cosface] [--scale S] [--margin M] [--rtn]
                                bf16 against f32 head weights on a learnable synthetic task
   bench-kernels                GEMM and im2col rates
+  bench-data [--images N] [--reps R]
+                               112x112 JPEG decode + flip + normalise, images/s per core
+  bench-ckpt [--classes C] [--dim D] [--dtype f32|bf16] [--reps N] [--dir DIR]
+                               checkpoint save and load of a big head, against a plain file copy
 ";
 
 /// Rewrites the values of the path flags in `args` relative to `base` (xtask runs in the

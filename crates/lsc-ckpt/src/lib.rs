@@ -14,15 +14,21 @@
 //! previous checkpoints loadable and never a half-written one under a final name.
 //! Plain safetensors files mean PyTorch and the Hugging Face tools read the tensors as they are.
 
+pub mod crash; // defines: point (fault injection for the kill -9 tests)
 mod hash; // defines: Hasher (lsc64, the file checksum)
 mod manifest; // defines: Manifest, FileEntry, ShardEntry
+mod remote; // defines: Store, HadoopStore, DirStore, Retry, publish, pull_newest
 mod store; // defines: begin/commit of a save, latest, rotate, load checks
 mod tensors; // defines: write_safetensors (streaming), read_safetensors, Tensor data types
 
 pub use hash::{Hasher, hash_file};
 pub use manifest::{FORMAT, FileEntry, MANIFEST, Manifest, ShardEntry, VERSION};
+pub use remote::{DirStore, HadoopStore, Retry, Store, publish, pull_newest};
 pub use store::{PendingSave, checkpoint_dirs, latest, load_manifest, record_file, rotate, step_dir_name};
-pub use tensors::{Data, NamedTensor, read_safetensors, write_safetensors};
+pub use tensors::{
+    Data, Dtype, NamedTensor, Sink, TensorFile, TensorInfo, TensorSpec, read_safetensors, write_safetensors,
+    write_safetensors_with,
+};
 
 /// A checkpoint that could not be written or read. Every message names the file and, where
 /// it applies, the tensor.
@@ -34,6 +40,8 @@ pub enum CkptError {
     Corrupt { path: String, why: String },
     #[error("{path}: tensor {tensor}: {why}")]
     Tensor { path: String, tensor: String, why: String },
+    #[error("{what}: failed after {attempts} attempts: {last}")]
+    Remote { what: String, attempts: u32, last: String },
     #[error("{path}: no checkpoint found (expected a step-N directory with a manifest.toml)")]
     NotFound { path: String },
 }

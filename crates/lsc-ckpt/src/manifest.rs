@@ -57,6 +57,7 @@ impl Manifest {
         let text = toml::to_string(self).expect("manifest serialises");
         let tmp = dir.join(".manifest.toml.tmp");
         std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        crate::crash::point("manifest-sync");
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&tmp))?;

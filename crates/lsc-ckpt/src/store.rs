@@ -15,35 +15,62 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:09}")
 }
 
-/// A save in progress.
+/// A save in progress: files go into `tmp`, which [`PendingSave::commit`] renames to `dest`.
 #[derive(Debug, Clone)]
 pub struct PendingSave {
-    pub root: PathBuf,
     pub tmp: PathBuf,
-    pub step: u64,
+    pub dest: PathBuf,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CkptError> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(dir))
 }
 
+fn parent_of(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn with_prefix(dest: &Path, prefix: &str) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parent_of(dest).join(format!("{prefix}{name}"))
+}
+
 impl PendingSave {
     /// The pending save of `step` under `root` (nothing is created; see [`PendingSave::begin`]).
     pub fn at(root: &Path, step: u64) -> PendingSave {
+        PendingSave::to(&root.join(step_dir_name(step)))
+    }
+
+    /// The pending save of a checkpoint whose final directory is `dest`.
+    pub fn to(dest: &Path) -> PendingSave {
         PendingSave {
-            root: root.to_path_buf(),
-            tmp: root.join(format!(".tmp-{}", step_dir_name(step))),
-            step,
+            tmp: with_prefix(dest, ".tmp-"),
+            dest: dest.to_path_buf(),
         }
     }
 
-    /// Creates the temporary directory (removing a stale one left by a crash).
+    /// Creates the temporary directory of `step` under `root` (removing a stale one left by a
+    /// crash).
     pub fn begin(root: &Path, step: u64) -> Result<PendingSave, CkptError> {
-        let p = PendingSave::at(root, step);
-        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        PendingSave::begin_to(&root.join(step_dir_name(step)))
+    }
+
+    /// [`PendingSave::begin`] for any final directory `dest`.
+    pub fn begin_to(dest: &Path) -> Result<PendingSave, CkptError> {
+        let p = PendingSave::to(dest);
+        let root = parent_of(dest);
+        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+        recover(&root)?;
         if p.tmp.exists() {
             std::fs::remove_dir_all(&p.tmp).map_err(io_err(&p.tmp))?;
         }
+        crate::crash::point("mkdir");
         std::fs::create_dir(&p.tmp).map_err(io_err(&p.tmp))?;
         Ok(p)
     }
@@ -51,6 +78,7 @@ impl PendingSave {
     /// Writes the manifest with every recorded file, then renames the directory into place.
     pub fn commit(self, mut manifest: Manifest) -> Result<PathBuf, CkptError> {
         let mut files = Vec::new();
+        let mut entries = Vec::new();
         for e in std::fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
             let path = e.map_err(io_err(&self.tmp))?.path();
             if path.extension().is_some_and(|x| x == "entry") {
@@ -68,28 +96,59 @@ impl PendingSave {
                     });
                 }
                 files.push(entry);
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                entries.push(path);
             }
+        }
+        for path in entries {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
         manifest.files = files;
+        crate::crash::point("manifest");
         manifest.write(&self.tmp)?;
         sync_dir(&self.tmp)?;
-        let dest = self.root.join(step_dir_name(self.step));
+        let dest = &self.dest;
+        let root = parent_of(dest);
+        crate::crash::point("rename");
         if dest.exists() {
-            // A re-save of the same step: move the old one aside first, so that the final name
-            // always holds a complete checkpoint.
-            let old = self.root.join(format!(".old-{}", step_dir_name(self.step)));
+            // A re-save of the same directory: move the old one aside first, so that the final
+            // name always holds a complete checkpoint (`recover` puts it back after a crash
+            // between the two renames).
+            let old = with_prefix(dest, ".old-");
             let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(&dest, &old).map_err(io_err(&dest))?;
-            std::fs::rename(&self.tmp, &dest).map_err(io_err(&dest))?;
+            std::fs::rename(dest, &old).map_err(io_err(dest))?;
+            crate::crash::point("rename-over");
+            std::fs::rename(&self.tmp, dest).map_err(io_err(dest))?;
+            crate::crash::point("remove-old");
             std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
         } else {
-            std::fs::rename(&self.tmp, &dest).map_err(io_err(&dest))?;
+            std::fs::rename(&self.tmp, dest).map_err(io_err(dest))?;
         }
-        sync_dir(&self.root)?;
-        Ok(dest)
+        sync_dir(&root)?;
+        crate::crash::point("committed");
+        Ok(dest.clone())
     }
+}
+
+/// Repairs what a crash can leave in a checkpoint root: an `.old-X` directory whose `X` is
+/// missing (a crash between the two renames of a re-save) is renamed back; a `.del-X` (a
+/// rotation cut short) is removed.
+fn recover(root: &Path) -> Result<(), CkptError> {
+    for e in std::fs::read_dir(root).map_err(io_err(root))? {
+        let path = e.map_err(io_err(root))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        if let Some(orig) = name.strip_prefix(".old-") {
+            let dest = root.join(orig);
+            if dest.exists() {
+                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            } else if path.join(MANIFEST).is_file() {
+                std::fs::rename(&path, &dest).map_err(io_err(&dest))?;
+            }
+        } else if name.starts_with(".del-") {
+            std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Records a written file of a pending save (its size and hash, for the manifest).
@@ -100,6 +159,7 @@ pub fn record_file(tmp: &Path, name: &str, bytes: u64, hash: &str) -> Result<(),
         hash: hash.to_string(),
     };
     let path = tmp.join(format!("{name}.entry"));
+    crate::crash::point("entry");
     std::fs::write(&path, toml::to_string(&entry).expect("entry serialises")).map_err(io_err(&path))
 }
 
@@ -112,8 +172,15 @@ pub fn checkpoint_dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>, CkptError> {
     for e in std::fs::read_dir(root).map_err(io_err(root))? {
         let path = e.map_err(io_err(root))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok())
+        // `.old-step-N` is a complete checkpoint moved aside by a re-save that crashed before
+        // its replacement was in place.
+        let (old, plain) = match name.strip_prefix(".old-") {
+            Some(rest) => (true, rest),
+            None => (false, name),
+        };
+        if let Some(step) = plain.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok())
             && path.join(MANIFEST).is_file()
+            && !(old && root.join(plain).join(MANIFEST).is_file())
         {
             out.push((step, path));
         }
@@ -135,7 +202,12 @@ pub fn rotate(root: &Path, keep_last: usize) -> Result<Vec<PathBuf>, CkptError> 
         return Ok(removed);
     }
     for (_, p) in &dirs[..dirs.len() - keep_last] {
-        std::fs::remove_dir_all(p).map_err(io_err(p))?;
+        // Renamed out of the checkpoint namespace first, so that a crash mid-removal never
+        // leaves a half-deleted directory under a checkpoint's name.
+        let del = with_prefix(p, ".del-");
+        crate::crash::point("rotate");
+        std::fs::rename(p, &del).map_err(io_err(p))?;
+        std::fs::remove_dir_all(&del).map_err(io_err(&del))?;
         removed.push(p.clone());
     }
     Ok(removed)

@@ -19,25 +19,11 @@ pub enum Data {
 }
 
 impl Data {
-    fn dtype(&self) -> &'static str {
-        match self {
-            Data::F32(_) => "F32",
-            Data::Bf16(_) => "BF16",
-            Data::U64(_) => "U64",
-        }
-    }
     fn len(&self) -> usize {
         match self {
             Data::F32(v) => v.len(),
             Data::Bf16(v) => v.len(),
             Data::U64(v) => v.len(),
-        }
-    }
-    fn nbytes(&self) -> usize {
-        match self {
-            Data::F32(v) => 4 * v.len(),
-            Data::Bf16(v) => 2 * v.len(),
-            Data::U64(v) => 8 * v.len(),
         }
     }
 }
@@ -75,6 +61,124 @@ fn json_str(s: &str) -> String {
     o
 }
 
+/// Element type of a tensor in a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    Bf16,
+    U64,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::Bf16 => "BF16",
+            Dtype::U64 => "U64",
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 => 2,
+            Dtype::U64 => 8,
+        }
+    }
+}
+
+impl Data {
+    fn kind(&self) -> Dtype {
+        match self {
+            Data::F32(_) => Dtype::F32,
+            Data::Bf16(_) => Dtype::Bf16,
+            Data::U64(_) => Dtype::U64,
+        }
+    }
+}
+
+/// The name, type and shape of a tensor the streaming writer is about to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, dtype: Dtype, shape: &[usize]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+    fn nbytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+}
+
+/// Where [`write_safetensors_with`]'s callback puts a tensor's elements, in order and in as
+/// many calls as it likes. Every call hashes and writes through a 1 MiB buffer.
+pub struct Sink<'a> {
+    w: std::io::BufWriter<std::fs::File>,
+    h: Hasher,
+    path: &'a Path,
+    written: usize,
+    buf: Vec<u8>,
+}
+
+impl Sink<'_> {
+    fn put(&mut self, b: &[u8]) -> Result<(), CkptError> {
+        crate::crash::point("write");
+        self.h.update(b);
+        self.written += b.len();
+        self.w.write_all(b).map_err(io_err(self.path))
+    }
+
+    fn put_le<const N: usize, T: Copy>(&mut self, v: &[T], le: impl Fn(T) -> [u8; N]) -> Result<(), CkptError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        for chunk in v.chunks((1 << 16) / N) {
+            buf.clear();
+            for &x in chunk {
+                buf.extend_from_slice(&le(x));
+            }
+            self.put(&buf)?;
+        }
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// On little-endian machines the values' memory is already the file's byte order: it is
+    /// written as it is, 1 MiB at a time.
+    #[cfg(target_endian = "little")]
+    fn put_raw<T: Copy>(&mut self, v: &[T]) -> Result<(), CkptError> {
+        // SAFETY: f32 and u16 (the only callers' types) have no padding and every byte of
+        // them is initialised; the byte view lives only for this call.
+        let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
+        for chunk in bytes.chunks(1 << 20) {
+            self.put(chunk)?;
+        }
+        Ok(())
+    }
+
+    pub fn f32s(&mut self, v: &[f32]) -> Result<(), CkptError> {
+        #[cfg(target_endian = "little")]
+        return self.put_raw(v);
+        #[cfg(not(target_endian = "little"))]
+        return self.put_le(v, f32::to_le_bytes);
+    }
+    /// bf16 bit patterns.
+    pub fn bf16s(&mut self, v: &[u16]) -> Result<(), CkptError> {
+        #[cfg(target_endian = "little")]
+        return self.put_raw(v);
+        #[cfg(not(target_endian = "little"))]
+        return self.put_le(v, u16::to_le_bytes);
+    }
+    pub fn u64s(&mut self, v: &[u64]) -> Result<(), CkptError> {
+        self.put_le(v, u64::to_le_bytes)
+    }
+}
+
 /// Writes `tensors` (and string `metadata`) to `path`; returns (bytes written, lsc64 hash).
 /// Nothing is buffered beyond a small write buffer.
 pub fn write_safetensors(
@@ -82,8 +186,6 @@ pub fn write_safetensors(
     tensors: &[NamedTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(u64, String), CkptError> {
-    let mut entries = Vec::new();
-    let mut off = 0usize;
     for t in tensors {
         let n: usize = t.shape.iter().product();
         if n != t.data.len() {
@@ -93,16 +195,41 @@ pub fn write_safetensors(
                 why: format!("shape {:?} needs {n} elements, has {}", t.shape, t.data.len()),
             });
         }
+    }
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|t| TensorSpec::new(t.name.clone(), t.data.kind(), &t.shape))
+        .collect();
+    write_safetensors_with(path, &specs, metadata, |i, sink| match &tensors[i].data {
+        Data::F32(v) => sink.f32s(v),
+        Data::Bf16(v) => sink.bf16s(v),
+        Data::U64(v) => sink.u64s(v),
+    })
+}
+
+/// Writes a safetensors file whose tensors' bytes come from `fill(i, sink)`, called once per
+/// spec in order, so a tensor can be streamed from anywhere (another file's memory map, a
+/// store converted tile by tile) without being held whole. Returns (bytes, lsc64 hash); a
+/// callback that writes the wrong number of bytes is an error naming the tensor.
+pub fn write_safetensors_with(
+    path: &Path,
+    specs: &[TensorSpec],
+    metadata: &BTreeMap<String, String>,
+    mut fill: impl FnMut(usize, &mut Sink) -> Result<(), CkptError>,
+) -> Result<(u64, String), CkptError> {
+    let mut entries = Vec::new();
+    let mut off = 0usize;
+    for t in specs {
         let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
         entries.push(format!(
             "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
             json_str(&t.name),
-            t.data.dtype(),
+            t.dtype.name(),
             shape.join(","),
             off,
-            off + t.data.nbytes()
+            off + t.nbytes()
         ));
-        off += t.data.nbytes();
+        off += t.nbytes();
     }
     if !metadata.is_empty() {
         let m: Vec<String> = metadata
@@ -115,40 +242,230 @@ pub fn write_safetensors(
     while header.len() % 8 != 0 {
         header.push(' ');
     }
+    crate::crash::point("create");
     let file = std::fs::File::create(path).map_err(io_err(path))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut h = Hasher::default();
-    let mut put = |b: &[u8], w: &mut std::io::BufWriter<std::fs::File>| -> Result<(), CkptError> {
-        h.update(b);
-        w.write_all(b).map_err(io_err(path))
+    let mut sink = Sink {
+        w: std::io::BufWriter::with_capacity(1 << 20, file),
+        h: Hasher::default(),
+        path,
+        written: 0,
+        buf: Vec::with_capacity(1 << 16),
     };
-    put(&(header.len() as u64).to_le_bytes(), &mut w)?;
-    put(header.as_bytes(), &mut w)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    for t in tensors {
-        macro_rules! stream {
-            ($v:expr) => {
-                for chunk in $v.chunks(8192) {
-                    buf.clear();
-                    for x in chunk {
-                        buf.extend_from_slice(&x.to_le_bytes());
-                    }
-                    put(&buf, &mut w)?;
-                }
-            };
-        }
-        match &t.data {
-            Data::F32(v) => stream!(v),
-            Data::Bf16(v) => stream!(v),
-            Data::U64(v) => stream!(v),
+    sink.put(&(header.len() as u64).to_le_bytes())?;
+    sink.put(header.as_bytes())?;
+    for (i, t) in specs.iter().enumerate() {
+        let before = sink.written;
+        fill(i, &mut sink)?;
+        if sink.written - before != t.nbytes() {
+            return Err(CkptError::Tensor {
+                path: path.display().to_string(),
+                tensor: t.name.clone(),
+                why: format!(
+                    "{} bytes written for shape {:?} {}, which needs {}",
+                    sink.written - before,
+                    t.shape,
+                    t.dtype.name(),
+                    t.nbytes()
+                ),
+            });
         }
     }
+    let Sink { w, h, written, .. } = sink;
     let file = w.into_inner().map_err(|e| CkptError::Io {
         path: path.display().to_string(),
         err: e.into_error(),
     })?;
+    crate::crash::point("fsync");
     file.sync_all().map_err(io_err(path))?;
-    Ok((8 + header.len() as u64 + off as u64, h.finish()))
+    Ok((written as u64, h.finish()))
+}
+
+/// A tensor's place in a [`TensorFile`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range in the file.
+    start: usize,
+    end: usize,
+}
+
+/// A safetensors file opened through a memory map: its header is parsed and checked (by the
+/// `safetensors` crate) up front, and tensors or row ranges of them are read on demand, so a
+/// shard far larger than memory can be sliced without being loaded.
+pub struct TensorFile {
+    path: std::path::PathBuf,
+    map: memmap2::Mmap,
+    tensors: BTreeMap<String, TensorInfo>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for TensorFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TensorFile").field("path", &self.path).finish()
+    }
+}
+
+impl TensorFile {
+    pub fn open(path: &Path) -> Result<TensorFile, CkptError> {
+        let file = std::fs::File::open(path).map_err(io_err(path))?;
+        // SAFETY: checkpoint files are written once under a temporary name and never modified
+        // in place after the rename; a concurrent truncation by another program is outside
+        // what this reader guards against (as with every mmap reader).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+        let corrupt = |why: String| CkptError::Corrupt {
+            path: path.display().to_string(),
+            why,
+        };
+        let st = safetensors::SafeTensors::deserialize(&map)
+            .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| corrupt(e.to_string()))?;
+        let metadata: BTreeMap<String, String> = meta
+            .metadata()
+            .clone()
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
+        let base = map.as_ptr() as usize;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => Dtype::F32,
+                safetensors::Dtype::BF16 => Dtype::Bf16,
+                safetensors::Dtype::U64 => Dtype::U64,
+                other => {
+                    return Err(CkptError::Tensor {
+                        path: path.display().to_string(),
+                        tensor: name,
+                        why: format!("unsupported dtype {other:?}"),
+                    });
+                }
+            };
+            let start = view.data().as_ptr() as usize - base;
+            let info = TensorInfo {
+                dtype,
+                shape: view.shape().to_vec(),
+                start,
+                end: start + view.data().len(),
+            };
+            tensors.insert(name, info);
+        }
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            map,
+            tensors,
+            metadata,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+    /// Every tensor, by name.
+    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo, CkptError> {
+        self.tensors.get(name).ok_or_else(|| CkptError::Tensor {
+            path: self.path.display().to_string(),
+            tensor: name.to_string(),
+            why: "not in the file".into(),
+        })
+    }
+
+    /// A tensor's raw little-endian bytes.
+    pub fn bytes(&self, name: &str) -> Result<&[u8], CkptError> {
+        let i = self.info(name)?;
+        Ok(&self.map[i.start..i.end])
+    }
+
+    /// Reads a whole tensor.
+    pub fn read(&self, name: &str) -> Result<NamedTensor, CkptError> {
+        let i = self.info(name)?;
+        let raw = &self.map[i.start..i.end];
+        let data = match i.dtype {
+            Dtype::F32 => Data::F32(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                    .collect(),
+            ),
+            Dtype::Bf16 => Data::Bf16(
+                raw.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes(c.try_into().expect("2")))
+                    .collect(),
+            ),
+            Dtype::U64 => Data::U64(
+                raw.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
+                    .collect(),
+            ),
+        };
+        Ok(NamedTensor {
+            name: name.to_string(),
+            shape: i.shape.clone(),
+            data,
+        })
+    }
+
+    /// Rows `rows` (along the first dimension) of an F32 or BF16 tensor, as f32 into `out`
+    /// (whose length must be the rows' element count). A 1-D tensor has one element per row.
+    pub fn rows_f32(&self, name: &str, rows: std::ops::Range<usize>, out: &mut [f32]) -> Result<(), CkptError> {
+        let i = self.info(name)?;
+        let bad = |why: String| CkptError::Tensor {
+            path: self.path.display().to_string(),
+            tensor: name.to_string(),
+            why,
+        };
+        let n0 = i.shape.first().copied().unwrap_or(1);
+        let per: usize = i.shape.iter().skip(1).product();
+        if rows.start > rows.end || rows.end > n0 {
+            return Err(bad(format!("rows {rows:?} asked of shape {:?}", i.shape)));
+        }
+        if out.len() != rows.len() * per {
+            return Err(bad(format!(
+                "rows {rows:?} of shape {:?} are {} values, the destination holds {}",
+                i.shape,
+                rows.len() * per,
+                out.len()
+            )));
+        }
+        let sz = i.dtype.size();
+        let raw = &self.map[i.start + rows.start * per * sz..i.start + rows.end * per * sz];
+        match i.dtype {
+            Dtype::F32 => {
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                    *o = f32::from_le_bytes(c.try_into().expect("4"));
+                }
+            }
+            Dtype::Bf16 => {
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes(c.try_into().expect("2")) as u32) << 16);
+                }
+            }
+            Dtype::U64 => return Err(bad("U64, not a float tensor".into())),
+        }
+        self.release(i.start + rows.start * per * sz, raw.len());
+        Ok(())
+    }
+
+    /// Drops the pages of `len` bytes at `offset` from this process's resident set once they
+    /// have been copied out, so streaming a shard through the map holds one tile, not the file.
+    /// The map is a read-only shared file map: the pages stay in the page cache and a later
+    /// access faults the same bytes back in.
+    fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        if len > 0 {
+            // SAFETY: see above; no reference into the map is invalidated, since re-reading a
+            // dropped page of a read-only shared file map gives the same bytes.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
+    }
 }
 
 /// A file's tensors by name, and its string metadata.
@@ -157,56 +474,12 @@ pub type Contents = (BTreeMap<String, NamedTensor>, BTreeMap<String, String>);
 /// Reads every tensor of a safetensors file (checked by the `safetensors` crate), with the
 /// string metadata.
 pub fn read_safetensors(path: &Path) -> Result<Contents, CkptError> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let corrupt = |why: String| CkptError::Corrupt {
-        path: path.display().to_string(),
-        why,
-    };
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    let metadata: BTreeMap<String, String> = meta
-        .metadata()
-        .clone()
-        .map(|m| m.into_iter().collect())
-        .unwrap_or_default();
+    let f = TensorFile::open(path)?;
     let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let raw = view.data();
-        let data = match view.dtype() {
-            safetensors::Dtype::F32 => Data::F32(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                    .collect(),
-            ),
-            safetensors::Dtype::BF16 => Data::Bf16(
-                raw.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes(c.try_into().expect("2")))
-                    .collect(),
-            ),
-            safetensors::Dtype::U64 => Data::U64(
-                raw.chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
-                    .collect(),
-            ),
-            other => {
-                return Err(CkptError::Tensor {
-                    path: path.display().to_string(),
-                    tensor: name,
-                    why: format!("unsupported dtype {other:?}"),
-                });
-            }
-        };
-        out.insert(
-            name.clone(),
-            NamedTensor {
-                name,
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
+    for name in f.tensors().keys() {
+        out.insert(name.clone(), f.read(name)?);
     }
-    Ok((out, metadata))
+    Ok((out, f.metadata().clone()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! `lsc`: large-scale classification training from the command line.
 
-mod ckpt; // defines: `lsc ckpt inspect`
-mod data; // defines: `lsc data pack | verify`
+mod ckpt; // defines: `lsc ckpt inspect | reshard`
+mod data; // defines: `lsc data pack | verify | stats | shuffle-split | make-bin`
+mod export; // defines: `lsc export` (a checkpoint as a BN-folded inference model)
+mod model; // defines: `lsc model summary | list`
 mod train; // defines: `lsc train`
 
 use std::ffi::OsString;
@@ -13,8 +15,10 @@ usage: lsc <command> [options]
 
 commands:
   train      train a backbone and a class-sharded margin-softmax head (lsc train --help)
-  data       pack, verify base64 image shards (lsc data --help)
-  ckpt       inspect a checkpoint (lsc ckpt --help)
+  data       pack, verify, inspect, shuffle and split data sets; make .bin pair sets (lsc data --help)
+  ckpt       inspect or re-partition a checkpoint (lsc ckpt --help)
+  model      an architecture's shapes, parameters and FLOPs (lsc model --help)
+  export     a checkpoint's backbone as a BN-folded inference model (lsc export --help)
   gpu        report the CUDA driver and devices found at run time
 ";
 
@@ -63,6 +67,8 @@ fn main() {
         "train" => train::run(args),
         "data" => data::run(args),
         "ckpt" => ckpt::run(args),
+        "model" => model::run(args),
+        "export" => export::run(args),
         "gpu" => gpu(),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

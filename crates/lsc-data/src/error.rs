@@ -47,6 +47,9 @@ pub enum DataError {
     /// An invalid argument (batch size 0, zero shards, quality out of range, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A malformed verification set (`.bin` pickle or pair list).
+    #[error("{}: {reason}", path.display())]
+    Bin { path: PathBuf, reason: String },
     /// The loader's background thread panicked.
     #[error("the batch loader thread panicked: {0}")]
     LoaderPanicked(String),
@@ -65,11 +68,17 @@ pub enum RecordError {
     EmptyImage,
     #[error("label `{0}` is not an unsigned 32-bit integer")]
     BadLabel(String),
+    #[error("label {label} is outside 0..{num_classes} (num_classes)")]
+    LabelRange { label: u32, num_classes: usize },
+    #[error("empty file: a shard must hold at least one record")]
+    EmptyFile,
+    #[error("cannot read the record: {0}")]
+    Read(std::io::Error),
     #[error("bad base64: {0}")]
     Base64(#[from] base64::DecodeError),
     #[error("{0}")]
     Image(#[from] ImageError),
-    #[error("image is {got_h}x{got_w} (HxW) but the loader expects {want_h}x{want_w}; lsc does not resize")]
+    #[error("image is {got_h}x{got_w} (HxW) but the loader expects {want_h}x{want_w} (resizing is off)")]
     Size {
         want_h: usize,
         want_w: usize,
@@ -120,7 +129,17 @@ pub enum ImageError {
     Jpeg(#[from] zune_jpeg::errors::DecodeErrors),
     #[error("bad JPEG: decoder produced {got} bytes for a {h}x{w} RGB image")]
     Size { got: usize, h: usize, w: usize },
-    #[error("bad JPEG: the decoder panicked: {0}")]
+    #[error("bad PNG: {0}")]
+    Png(#[from] zune_png::error::PngDecodeErrors),
+    #[error("not a JPEG or PNG image (first bytes {0})")]
+    Format(String),
+    #[error("bad image: the headers give no dimensions")]
+    NoDimensions,
+    #[error("bad image: {h}x{w} (HxW) is empty or larger than 8192x8192 pixels")]
+    Dimensions { h: usize, w: usize },
+    #[error("bad PNG: unsupported colour type {0}")]
+    Colorspace(String),
+    #[error("bad image: the decoder panicked: {0}")]
     Panic(String),
 }
 

@@ -11,7 +11,8 @@
 //! naming `label.txt:line` (1-based). Image bytes are read when a record is read.
 
 use crate::error::{DataError, RecordError};
-use crate::shards::{Dataset, Record};
+use crate::fsutil::Skipped;
+use crate::shards::{Dataset, ReadOptions, Record, check_label};
 use std::path::{Path, PathBuf};
 
 /// The name of PLSC's image list in a dataset directory.
@@ -29,6 +30,7 @@ struct Entry {
 pub struct ImageList {
     list: PathBuf,
     entries: Vec<Entry>,
+    skipped: Skipped,
 }
 
 impl std::fmt::Debug for ImageList {
@@ -44,6 +46,12 @@ impl ImageList {
     /// Opens a list file, or a directory holding `label.txt`; checks every line and that every
     /// image exists.
     pub fn open(path: &Path) -> Result<ImageList, DataError> {
+        ImageList::open_with(path, &ReadOptions::default())
+    }
+
+    /// [`ImageList::open`] with a label range check and optional skipping of bad lines
+    /// (counted in [`ImageList::skipped`]). A list with no entries is an error.
+    pub fn open_with(path: &Path, opts: &ReadOptions) -> Result<ImageList, DataError> {
         let list = if path.is_dir() {
             path.join(LABEL_TXT)
         } else {
@@ -55,6 +63,7 @@ impl ImageList {
         })?;
         let base = list.parent().unwrap_or(Path::new("")).to_path_buf();
         let mut entries = Vec::new();
+        let mut skipped = Skipped::default();
         for (n, line) in text.split('\n').enumerate() {
             let line_no = n + 1;
             let error = |kind| DataError::Record {
@@ -62,41 +71,63 @@ impl ImageList {
                 kind,
             };
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (rel, label) = match fields.as_slice() {
-                [] => continue,
-                [rel, label] => (*rel, *label),
-                _ => {
+            if fields.is_empty() {
+                continue;
+            }
+            let checked = (|| {
+                let [rel, label] = fields.as_slice() else {
                     return Err(error(RecordError::ListLine(format!(
                         "`{}` has {} whitespace-separated fields",
                         shorten(line.trim()),
                         fields.len()
                     ))));
+                };
+                let label = label
+                    .parse::<u32>()
+                    .map_err(|_| error(RecordError::BadLabel(shorten(label))))
+                    .and_then(|l| check_label(l, opts.num_classes).map_err(error))?;
+                let path = base.join(rel);
+                let checked = std::fs::metadata(&path).and_then(|m| {
+                    if m.is_file() {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "not a regular file",
+                        ))
+                    }
+                });
+                if let Err(source) = checked {
+                    return Err(error(RecordError::ImageFile { path, source }));
                 }
-            };
-            let label = label
-                .parse::<u32>()
-                .map_err(|_| error(RecordError::BadLabel(shorten(label))))?;
-            let path = base.join(rel);
-            let checked = std::fs::metadata(&path).and_then(|m| {
-                if m.is_file() {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "not a regular file",
-                    ))
-                }
-            });
-            if let Err(source) = checked {
-                return Err(error(RecordError::ImageFile { path, source }));
+                Ok(Entry {
+                    path,
+                    label,
+                    line: line_no,
+                })
+            })();
+            match checked {
+                Ok(entry) => entries.push(entry),
+                Err(e) if opts.skip_bad => skipped.push(e),
+                Err(e) => return Err(e),
             }
-            entries.push(Entry {
-                path,
-                label,
-                line: line_no,
+        }
+        if entries.is_empty() && skipped.count == 0 {
+            return Err(DataError::Record {
+                location: list.display().to_string(),
+                kind: RecordError::ListLine("the list names no image".into()),
             });
         }
-        Ok(ImageList { list, entries })
+        Ok(ImageList { list, entries, skipped })
+    }
+
+    /// What [`ReadOptions::skip_bad`] left out at open.
+    pub fn skipped(&self) -> &Skipped {
+        &self.skipped
+    }
+
+    pub(crate) fn skipped_mut(&mut self) -> &mut Skipped {
+        &mut self.skipped
     }
 
     /// The list file.

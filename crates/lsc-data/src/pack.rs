@@ -1,12 +1,89 @@
-//! Packing datasets into PLSC base64 shards. Fashion-MNIST from Debian's
-//! `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist/*-ubyte.gz`, IDX format) is
-//! encoded as greyscale baseline JPEG and written with [`write_shards`].
+//! Packing datasets into PLSC base64 shards. [`pack_dataset`] copies any [`Dataset`] (RecordIO,
+//! image list, image folder, shards) into a shard set through one [`ShardWriter`];
+//! Fashion-MNIST from Debian's `dataset-fashion-mnist`
+//! (`/usr/share/datasets/fashion-mnist/*-ubyte.gz`, IDX format) is encoded as greyscale
+//! baseline JPEG and written with [`write_shards`].
 
-use crate::error::DataError;
-use crate::shards::{ShardSummary, write_shards};
+use crate::error::{DataError, RecordError};
+use crate::fsutil::{Skipped, write_atomic};
+use crate::image::image_size;
+use crate::shards::{Dataset, ShardSummary, ShardWriter, check_label, write_shards};
 use rayon::prelude::*;
 use std::io::Read;
 use std::path::Path;
+
+/// How [`pack_dataset`] treats its input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackOptions {
+    /// Leave bad records out (counted) instead of failing.
+    pub skip_bad: bool,
+    /// Labels must be `< num_classes`.
+    pub num_classes: Option<usize>,
+    /// Decode every image fully before writing it (otherwise only its headers are read).
+    pub decode: bool,
+}
+
+/// The file beside `file_list.txt` naming each class: `<label>\t<name>` per line.
+pub const CLASSES_TXT: &str = "classes.txt";
+
+/// Records packed per parallel round.
+const PACK_ROUND: usize = 1024;
+
+/// Copies every record of `ds` (in record order) into PLSC base64 shards `out_dir/part-NNNNN`
+/// (round robin over `shards` files) plus `file_list.txt`, and `classes.txt` when
+/// `class_names` is given. Each image's headers (or, with `decode`, all of it) are checked
+/// first; a bad record fails the pack naming it, or with `skip_bad` is counted and left out.
+/// Nothing appears under a final name unless the whole pack succeeds. `progress(done, total)`
+/// is called after each round of records.
+pub fn pack_dataset(
+    ds: &dyn Dataset,
+    out_dir: &Path,
+    shards: usize,
+    class_names: Option<&[String]>,
+    opts: &PackOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(ShardSummary, Skipped), DataError> {
+    let mut writer = ShardWriter::create(out_dir, shards)?;
+    let mut skipped = Skipped::default();
+    let n = ds.len();
+    for start in (0..n).step_by(PACK_ROUND) {
+        let end = (start + PACK_ROUND).min(n);
+        let round: Vec<Result<crate::Record, DataError>> = (start..end)
+            .into_par_iter()
+            .map(|i| {
+                let r = ds.record(i)?;
+                let error = |kind| DataError::Record {
+                    location: ds.locate(i),
+                    kind,
+                };
+                check_label(r.label, opts.num_classes).map_err(error)?;
+                if opts.decode {
+                    crate::decode_rgb(&r.image).map_err(|e| error(RecordError::Image(e)))?;
+                } else {
+                    image_size(&r.image).map_err(|e| error(RecordError::Image(e)))?;
+                }
+                Ok(r)
+            })
+            .collect();
+        for r in round {
+            match r {
+                Ok(r) => writer.push(&r.image, r.label)?,
+                Err(e) if opts.skip_bad && !matches!(e, DataError::OutOfRange { .. }) => skipped.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        progress(end, n);
+    }
+    if let Some(names) = class_names {
+        let text: String = names
+            .iter()
+            .enumerate()
+            .map(|(c, name)| format!("{c}\t{name}\n"))
+            .collect();
+        write_atomic(&out_dir.join(CLASSES_TXT), text.as_bytes())?;
+    }
+    Ok((writer.finish()?, skipped))
+}
 
 /// Where Debian's `dataset-fashion-mnist` installs the IDX files.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -436,7 +513,11 @@ mod tests {
                 counts[y as usize] += 1;
             }
             assert_eq!(counts, [per; 10], "{split}");
-            let report = crate::verify(&committed().join(split), |e| panic!("{e}")).unwrap();
+            let opts = crate::VerifyOptions {
+                decode: true,
+                ..Default::default()
+            };
+            let report = crate::verify_dataset(&ds, &opts, |e| panic!("{e}"), |_, _| {});
             assert_eq!(report.records, n);
             assert_eq!(report.sizes.keys().collect::<Vec<_>>(), [&(28, 28)], "{split}");
         }

@@ -361,35 +361,7 @@ impl RecordIo {
 
     /// Fills `buf` from byte `offset` of the `.rec`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::FileExt as _;
-            self.file.read_exact_at(buf, offset)
-        }
-        #[cfg(windows)]
-        {
-            use std::os::windows::fs::FileExt as _;
-            let (mut buf, mut offset) = (buf, offset);
-            while !buf.is_empty() {
-                match self.file.seek_read(buf, offset) {
-                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                    Ok(n) => {
-                        buf = &mut buf[n..];
-                        offset += n as u64;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        }
-        #[cfg(not(any(unix, windows)))]
-        {
-            use std::io::{Read as _, Seek as _};
-            let mut f = File::open(&self.rec)?;
-            f.seek(std::io::SeekFrom::Start(offset))?;
-            f.read_exact(buf)
-        }
+        crate::fsutil::read_at(&self.file, buf, offset)
     }
 }
 

@@ -156,21 +156,24 @@ impl MarginSoftmax {
         seed: u64,
     ) -> MarginSoftmax {
         let shard = shard_range(num_classes, comm.world_size(), comm.rank());
-        let mut w = vec![0.0f32; shard.len() * emb_dim];
         let start = shard.start;
-        w.par_chunks_mut(emb_dim.max(1)).enumerate().for_each(|(k, row)| {
-            let mut rng = Rng::stream(seed, (start + k) as u64);
-            for v in row {
-                *v = rng.normal() * cfg.init_std;
-            }
-        });
+        let weight = Rows::from_fill(shard.len(), emb_dim, cfg.dtype, |rows, out| {
+            out.par_chunks_mut(emb_dim.max(1)).enumerate().for_each(|(k, row)| {
+                let mut rng = Rng::stream(seed, (start + rows.start + k) as u64);
+                for v in row {
+                    *v = rng.normal() * cfg.init_std;
+                }
+            });
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|e| match e {});
         let softmax_bias = cfg.loss == LossKind::Softmax && cfg.bias;
         MarginSoftmax {
             cfg: cfg.clone(),
             margin: cfg.margin(),
             num_classes,
             emb_dim,
-            weight: Rows::from_f32(w, emb_dim, cfg.dtype),
+            weight,
             momentum: Rows::zeros(shard.len(), emb_dim, cfg.dtype),
             bias: softmax_bias.then(|| vec![0.0; shard.len()]),
             bias_momentum: softmax_bias.then(|| vec![0.0; shard.len()]),
@@ -224,18 +227,38 @@ impl MarginSoftmax {
         bias: Option<(Vec<f32>, Vec<f32>)>,
         steps: u64,
     ) -> Result<(), String> {
-        let n = self.shard.len() * self.emb_dim;
-        if weights.len() != n || momentum.len() != n {
+        let (d, dt) = (self.emb_dim, self.cfg.dtype);
+        self.restore_rows(
+            Rows::from_f32(weights, d, dt),
+            Rows::from_f32(momentum, d, dt),
+            bias,
+            steps,
+        )
+    }
+
+    /// [`MarginSoftmax::restore`] from stores already built (see [`Rows::from_fill`]), in this
+    /// head's dtype. Checks every length.
+    pub fn restore_rows(
+        &mut self,
+        weight: Rows,
+        momentum: Rows,
+        bias: Option<(Vec<f32>, Vec<f32>)>,
+        steps: u64,
+    ) -> Result<(), String> {
+        let n = self.shard.len();
+        let ok = |r: &Rows| r.dim() == self.emb_dim && r.rows() == n && r.dtype() == self.cfg.dtype;
+        if !ok(&weight) || !ok(&momentum) {
             return Err(format!(
-                "head shard {:?} × {} needs {n} weights and momenta, got {} and {}",
+                "head shard {:?} × {} needs {n} rows of weights and momenta in {:?}, got {} and {}",
                 self.shard,
                 self.emb_dim,
-                weights.len(),
-                momentum.len()
+                self.cfg.dtype,
+                weight.rows(),
+                momentum.rows()
             ));
         }
         match (&self.bias, bias) {
-            (Some(_), Some((b, bm))) if b.len() == self.shard.len() && bm.len() == self.shard.len() => {
+            (Some(_), Some((b, bm))) if b.len() == n && bm.len() == n => {
                 self.bias = Some(b);
                 self.bias_momentum = Some(bm);
             }
@@ -252,13 +275,28 @@ impl MarginSoftmax {
                 ));
             }
         }
-        self.weight = Rows::from_f32(weights, self.emb_dim, self.cfg.dtype);
-        self.momentum = Rows::from_f32(momentum, self.emb_dim, self.cfg.dtype);
+        self.weight = weight;
+        self.momentum = momentum;
         self.steps = steps;
         Ok(())
     }
 
-    /// Bytes held by the weights, momentum and bias of this shard.
+    /// Frees this shard's weights and momentum ahead of a [`MarginSoftmax::restore_rows`], so
+    /// that loading a checkpoint never holds the old and the new store at once. The head is
+    /// unusable until restored.
+    pub fn release_storage(&mut self) {
+        self.weight = Rows::zeros(0, self.emb_dim, self.cfg.dtype);
+        self.momentum = Rows::zeros(0, self.emb_dim, self.cfg.dtype);
+    }
+
+    /// The stored weights and momentum of this shard.
+    pub fn weight_rows(&self) -> &Rows {
+        &self.weight
+    }
+    pub fn momentum_rows(&self) -> &Rows {
+        &self.momentum
+    }
+
     pub fn state_bytes(&self) -> usize {
         self.weight.bytes() + self.momentum.bytes() + self.bias.as_ref().map_or(0, |b| 8 * b.len())
     }

@@ -21,7 +21,7 @@ pub mod store; // defines: Rows (f32 / bf16 weights), stochastic rounding
 
 pub use head::{Gradients, HeadError, HeadStep, MarginSoftmax, Update};
 pub use margin::{HeadConfig, LossKind, Margin};
-pub use store::DType;
+pub use store::{DType, Rows};
 
 /// The classes `[start, end)` that rank `rank` of `world` owns: contiguous blocks whose sizes
 /// differ by at most one (the first `C mod N` ranks get one more). A rank owns no class when

@@ -54,6 +54,57 @@ impl Rows {
         }
     }
 
+    /// `rows × d` values produced tile by tile: `fill(range, out)` writes rows `range` as f32
+    /// into `out` (`range.len() × d`). bf16 storage rounds each tile to nearest, so at most one
+    /// tile of f32 is held beside the store: this is how a 1M-class shard is initialised or
+    /// loaded without an f32 copy of the whole shard.
+    pub fn from_fill<E>(
+        rows: usize,
+        d: usize,
+        dtype: DType,
+        mut fill: impl FnMut(std::ops::Range<usize>, &mut [f32]) -> Result<(), E>,
+    ) -> Result<Rows, E> {
+        const TILE_ROWS: usize = 2048;
+        match dtype {
+            DType::F32 => {
+                let mut data = vec![0.0f32; rows * d];
+                for start in (0..rows).step_by(TILE_ROWS) {
+                    let end = (start + TILE_ROWS).min(rows);
+                    fill(start..end, &mut data[start * d..end * d])?;
+                }
+                Ok(Rows::F32 { d, data })
+            }
+            DType::Bf16 => {
+                let mut data = Vec::with_capacity(rows * d);
+                let mut tile = vec![0.0f32; TILE_ROWS.min(rows) * d];
+                for start in (0..rows).step_by(TILE_ROWS) {
+                    let end = (start + TILE_ROWS).min(rows);
+                    let t = &mut tile[..(end - start) * d];
+                    fill(start..end, t)?;
+                    data.extend(t.iter().map(|&v| bf16::from_f32(v)));
+                }
+                Ok(Rows::Bf16 { d, data })
+            }
+        }
+    }
+
+    /// The values when stored as f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Rows::F32 { data, .. } => Some(data),
+            Rows::Bf16 { .. } => None,
+        }
+    }
+
+    /// The bf16 bit patterns when stored as bf16.
+    pub fn as_bf16_bits(&self) -> Option<&[u16]> {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            Rows::F32 { .. } => None,
+            Rows::Bf16 { data, .. } => Some(data.reinterpret_cast()),
+        }
+    }
+
     /// Zeros, written out now (not left to lazily mapped zero pages), so that the first
     /// training step does not pay for faulting the whole buffer in.
     pub fn zeros(rows: usize, d: usize, dtype: DType) -> Rows {

@@ -36,6 +36,30 @@ impl Conv2d {
         }
     }
 
+    /// A convolution with the given weight `[cout, cin, k, k]` (k × k square).
+    pub fn from_weight(name: &str, weight: Tensor, stride: usize, pad: usize) -> Conv2d {
+        let s = weight.shape().to_vec();
+        assert!(
+            s.len() == 4 && s[2] == s[3],
+            "{name}: a conv weight is [cout, cin, k, k], got {s:?}"
+        );
+        Conv2d {
+            weight: Param::new(format!("{name}.weight"), weight),
+            cin: s[1],
+            cout: s[0],
+            k: s[2],
+            stride,
+            pad,
+            input_grad: true,
+            x: Tensor::default(),
+        }
+    }
+
+    /// (input channels, output channels, kernel side, stride, padding).
+    pub fn geometry(&self) -> (usize, usize, usize, usize, usize) {
+        (self.cin, self.cout, self.k, self.stride, self.pad)
+    }
+
     fn geom(&self, x: &Tensor) -> ConvGeom {
         assert_eq!(
             x.shape().len(),
@@ -82,8 +106,9 @@ fn group_size(n: usize, cols: usize) -> usize {
     want.min((n / 4).max(1)).clamp(1, n.max(1))
 }
 
-impl Layer for Conv2d {
-    fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+impl Conv2d {
+    /// The output, caching nothing (what `forward` computes in either mode).
+    pub fn infer(&self, x: &Tensor) -> Tensor {
         let g = self.geom(x);
         let n = x.dim(0);
         let _t = crate::profile::scope("conv.fwd", (n * self.flops(g.h, g.w)) as f64);
@@ -127,6 +152,13 @@ impl Layer for Conv2d {
                     }
                 },
             );
+        y
+    }
+}
+
+impl Layer for Conv2d {
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+        let y = self.infer(x);
         if mode == Mode::Train {
             self.x.clone_from(x);
         }

@@ -4,7 +4,7 @@
 //! output; each checked coordinate is compared with the central difference
 //! `(L(x + ε) − L(x − ε)) / 2ε` within `atol + rtol·max(|analytic|, |numeric|)`.
 
-use crate::{Layer, Mode};
+use crate::{Backbone, Layer, Mode, Param};
 use lsc_tensor::{Rng, Tensor};
 
 /// Step, tolerances, how many coordinates of each tensor to check, and the seed.
@@ -136,6 +136,30 @@ pub fn check_layer(layer: &mut dyn Layer, x: &Tensor, opts: &CheckOptions) -> Re
         });
     }
     Ok(())
+}
+
+/// A [`Backbone`] seen as a [`Layer`] with no input gradient, for [`check_layer`].
+struct AsLayer<'a>(&'a mut dyn Backbone);
+
+impl Layer for AsLayer<'_> {
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+        self.0.forward(x, mode)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Tensor {
+        self.0.backward(dy);
+        Tensor::default()
+    }
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.0.visit_params(f)
+    }
+}
+
+/// Checks every parameter gradient of a backbone (user-defined ones included) against finite
+/// differences in train mode. A backbone with randomness (dropout) must make its training
+/// forwards repeatable for the check, e.g. by calling `set_step` with a fixed step inside
+/// `forward`, or by freezing its masks.
+pub fn check_backbone(net: &mut dyn Backbone, x: &Tensor, opts: &CheckOptions) -> Result<(), String> {
+    check_layer(&mut AsLayer(net), x, opts)
 }
 
 #[cfg(test)]

@@ -5,21 +5,29 @@
 //! during a training forward, and its backward takes the output gradient, accumulates its
 //! parameter gradients into [`Param::grad`] and returns the input gradient. Every layer's
 //! backward is checked against finite differences by [`gradcheck`].
+//!
+//! For deployment, [`InferenceNet`] is an IResNet in eval mode with every BN that follows a
+//! convolution or the FC folded into it; [`InferenceNet::save`] / [`InferenceNet::load`] move
+//! it to and from an exported model directory.
 
+pub mod arch; // defines: ResNetConfig (presets, TOML ModelSpec, validation), Summary
 mod bn; // defines: BatchNorm (2-D and 1-D)
 mod conv; // defines: Conv2d (im2col + GEMM)
 mod dropout; // defines: Dropout
-pub mod gradcheck; // defines: check_layer, finite-difference gradient checks
+pub mod gradcheck; // defines: check_layer, check_backbone, finite-difference gradient checks
+pub mod inference; // defines: InferenceNet (BN folded), ExportManifest, save/load of a model dir
 mod layer; // defines: Layer, Param, Mode, Backbone
 mod linear; // defines: Linear
 mod prelu; // defines: PRelu
 pub mod profile; // defines: per-layer-type timing (scope, report)
-pub mod resnet; // defines: IResNet, IrUnit, ResNetConfig
+pub mod resnet; // defines: IResNet, IrUnit, load_named
 
+pub use arch::{ModelSpec, PRESETS, ResNetConfig, Summary};
 pub use bn::BatchNorm;
 pub use conv::Conv2d;
 pub use dropout::Dropout;
+pub use inference::{ExportManifest, InferenceNet};
 pub use layer::{Backbone, Layer, Mode, Param};
 pub use linear::Linear;
 pub use prelu::{PRelu, PreluMode};
-pub use resnet::{IResNet, IrUnit, ResNetConfig};
+pub use resnet::{IResNet, IrUnit, load_named};

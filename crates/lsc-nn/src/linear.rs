@@ -39,8 +39,26 @@ impl Linear {
     }
 }
 
-impl Layer for Linear {
-    fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+impl Linear {
+    /// A layer with the given weight `[out, in]` and bias `[out]`.
+    pub fn from_weights(name: &str, weight: Tensor, bias: Tensor) -> Linear {
+        let s = weight.shape().to_vec();
+        assert!(
+            s.len() == 2 && bias.shape() == [s[0]],
+            "{name}: weight {s:?} and bias {:?} do not make a [out, in] layer",
+            bias.shape()
+        );
+        Linear {
+            weight: Param::new(format!("{name}.weight"), weight),
+            bias: Param::new(format!("{name}.bias"), bias),
+            din: s[1],
+            dout: s[0],
+            x: Tensor::default(),
+        }
+    }
+
+    /// The output, caching nothing.
+    pub fn infer(&self, x: &Tensor) -> Tensor {
         let n = self.rows(x);
         let _t = crate::profile::scope("fc.fwd", (2 * n * self.din * self.dout) as f64);
         let mut y = Tensor::zeros(&[n, self.dout]);
@@ -59,6 +77,13 @@ impl Layer for Linear {
             true,
             Par::Rayon,
         );
+        y
+    }
+}
+
+impl Layer for Linear {
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+        let y = self.infer(x);
         if mode == Mode::Train {
             self.x.clone_from(x);
         }

@@ -3,148 +3,40 @@
 //! - Stem: conv3×3 (stride 1) → BN → PReLU, no max-pool.
 //! - IR unit: BN → conv3×3 → BN → PReLU → conv3×3 (stride s) → BN, plus a shortcut that is
 //!   conv1×1 (stride s) → BN when the shape changes, else the identity; no activation after
-//!   the sum. The first unit of each stage has stride 2.
+//!   the sum. The first unit of each stage has the stage's stride (2 in every preset).
 //! - Head: BN → dropout → flatten → FC → BN (the embedding, not L2-normalised).
 //!
-//! One code path builds every depth: ResNet50/101/152 are units [3,4,14,3], [3,4,23,3] and
-//! [3,8,36,3] at widths [64,128,256,512] on 112×112 input; the small CPU variant is one unit
-//! per stage at widths [16,32,64,128] on 28×28. Parameter names follow insightface's IResNet
-//! (`conv1`, `bn1`, `prelu`, `layer1.0.conv1`, …, `bn2`, `fc`, `features`).
+//! One code path builds every depth (see [`ResNetConfig::preset`] and [`crate::arch`]).
+//!
+//! Parameter and buffer names are insightface's `iresnet.py` names, one to one, so a
+//! state dict maps onto this model by name (PyTorch's `num_batches_tracked` has no
+//! counterpart and is ignored):
+//!
+//! | tensor | names |
+//! | --- | --- |
+//! | stem | `conv1.weight`, `bn1.{weight,bias,running_mean,running_var}`, `prelu.weight` |
+//! | unit j of stage s (1-based) | `layer{s}.{j}.bn1.*`, `layer{s}.{j}.conv1.weight`, `layer{s}.{j}.bn2.*`, `layer{s}.{j}.prelu.weight`, `layer{s}.{j}.conv2.weight`, `layer{s}.{j}.bn3.*` |
+//! | projection shortcut | `layer{s}.{j}.downsample.0.weight` (conv1×1), `layer{s}.{j}.downsample.1.*` (BN) |
+//! | head | `bn2.*` (BN2d), `fc.weight` `[emb, C·H·W]`, `fc.bias`, `features.*` (BN1d) |
+//!
+//! Shapes follow PyTorch: conv `[cout, cin, k, k]`, FC `[out, in]`, PReLU `[C]` per channel
+//! or `[1]` shared.
 
-use crate::{Backbone, BatchNorm, Conv2d, Dropout, Layer, Linear, Mode, PRelu, Param, PreluMode};
+pub use crate::arch::{ConfigError, ResNetConfig};
+use crate::{Backbone, BatchNorm, Conv2d, Dropout, Layer, Linear, Mode, PRelu, Param};
+use lsc_ckpt::{Data, NamedTensor};
 use lsc_tensor::{Rng, Tensor};
-use serde::{Deserialize, Serialize};
-
-/// Architecture of an IResNet. Deserialised from the `[model]` table of a config.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResNetConfig {
-    /// IR units per stage.
-    pub units: Vec<usize>,
-    /// Output channels per stage; the stem has `widths[0]`.
-    pub widths: Vec<usize>,
-    pub emb_dim: usize,
-    /// Input `[height, width]`; the input has 3 channels.
-    pub input_size: [usize; 2],
-    #[serde(default)]
-    pub dropout: f32,
-    #[serde(default = "default_prelu")]
-    pub prelu: PreluMode,
-    #[serde(default = "default_eps")]
-    pub bn_eps: f32,
-    /// Running-statistics update weight (PyTorch convention: 0.1 = PLSC's momentum 0.9).
-    #[serde(default = "default_momentum")]
-    pub bn_momentum: f32,
-}
-
-fn default_prelu() -> PreluMode {
-    PreluMode::PerChannel
-}
-fn default_eps() -> f32 {
-    2e-5
-}
-fn default_momentum() -> f32 {
-    0.1
-}
-
-/// An architecture error names the field.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("model.{field}: {why}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub why: String,
-}
-
-impl ResNetConfig {
-    /// A named preset: `resnet50`, `resnet101`, `resnet152` (PLSC: shared PReLU, dropout 0.4,
-    /// 512-d, 112×112) or `small` (the CPU variant for 28×28 input).
-    pub fn preset(name: &str) -> Option<ResNetConfig> {
-        let face = |units: Vec<usize>| ResNetConfig {
-            units,
-            widths: vec![64, 128, 256, 512],
-            emb_dim: 512,
-            input_size: [112, 112],
-            dropout: 0.4,
-            prelu: PreluMode::Shared,
-            bn_eps: 2e-5,
-            bn_momentum: 0.1,
-        };
-        Some(match name {
-            "resnet50" => face(vec![3, 4, 14, 3]),
-            "resnet101" => face(vec![3, 4, 23, 3]),
-            "resnet152" => face(vec![3, 8, 36, 3]),
-            "small" => ResNetConfig {
-                units: vec![1, 1, 1, 1],
-                widths: vec![16, 32, 64, 128],
-                emb_dim: 128,
-                input_size: [28, 28],
-                dropout: 0.0,
-                prelu: PreluMode::PerChannel,
-                bn_eps: 2e-5,
-                bn_momentum: 0.1,
-            },
-            _ => return None,
-        })
-    }
-
-    /// Checks the architecture, naming the offending field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |field, why: String| Err(ConfigError { field, why });
-        if self.units.is_empty() {
-            return err("units", "needs at least one stage".into());
-        }
-        if self.units.len() != self.widths.len() {
-            return err(
-                "widths",
-                format!("has {} entries but units has {}", self.widths.len(), self.units.len()),
-            );
-        }
-        if self.units.contains(&0) {
-            return err(
-                "units",
-                format!("{:?}: every stage needs at least one unit", self.units),
-            );
-        }
-        if self.widths.contains(&0) {
-            return err("widths", format!("{:?}: widths must be positive", self.widths));
-        }
-        if self.emb_dim == 0 {
-            return err("emb_dim", "must be positive".into());
-        }
-        if self.input_size.contains(&0) {
-            return err("input_size", format!("{:?} must be positive", self.input_size));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return err("dropout", format!("{} outside [0, 1)", self.dropout));
-        }
-        if !(self.bn_eps > 0.0) {
-            return err("bn_eps", format!("{} must be positive", self.bn_eps));
-        }
-        if !(0.0..=1.0).contains(&self.bn_momentum) {
-            return err("bn_momentum", format!("{} outside [0, 1]", self.bn_momentum));
-        }
-        Ok(())
-    }
-
-    /// Spatial size after the stages (each halves it, rounding up).
-    pub fn output_size(&self) -> [usize; 2] {
-        let mut s = self.input_size;
-        for _ in &self.units {
-            s = [s[0].div_ceil(2), s[1].div_ceil(2)];
-        }
-        s
-    }
-}
+use std::collections::BTreeMap;
 
 /// One IR unit.
 pub struct IrUnit {
-    bn1: BatchNorm,
-    conv1: Conv2d,
-    bn2: BatchNorm,
-    prelu: PRelu,
-    conv2: Conv2d,
-    bn3: BatchNorm,
-    down: Option<(Conv2d, BatchNorm)>,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn2: BatchNorm,
+    pub(crate) prelu: PRelu,
+    pub(crate) conv2: Conv2d,
+    pub(crate) bn3: BatchNorm,
+    pub(crate) down: Option<(Conv2d, BatchNorm)>,
 }
 
 impl IrUnit {
@@ -235,15 +127,15 @@ impl Layer for IrUnit {
 
 /// The whole backbone: stem, stages of IR units, embedding head.
 pub struct IResNet {
-    cfg: ResNetConfig,
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    prelu: PRelu,
-    units: Vec<IrUnit>,
-    bn2: BatchNorm,
-    dropout: Dropout,
-    fc: Linear,
-    features: BatchNorm,
+    pub(crate) cfg: ResNetConfig,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) prelu: PRelu,
+    pub(crate) units: Vec<IrUnit>,
+    pub(crate) bn2: BatchNorm,
+    pub(crate) dropout: Dropout,
+    pub(crate) fc: Linear,
+    pub(crate) features: BatchNorm,
     flat_shape: Vec<usize>,
 }
 
@@ -256,21 +148,17 @@ impl IResNet {
         let mut conv1 = Conv2d::new("conv1", 3, w0, 3, 1, 1, &mut rng);
         conv1.input_grad = false;
         let mut units = Vec::new();
-        let mut cin = w0;
-        for (s, (&n, &w)) in cfg.units.iter().zip(&cfg.widths).enumerate() {
-            for j in 0..n {
-                let stride = if j == 0 { 2 } else { 1 };
-                units.push(IrUnit::new(
-                    &format!("layer{}.{j}", s + 1),
-                    cin,
-                    w,
-                    stride,
-                    cfg,
-                    &mut rng,
-                ));
-                cin = w;
-            }
+        for (s, j, cin, cout, stride) in cfg.unit_plan() {
+            units.push(IrUnit::new(
+                &format!("layer{}.{j}", s + 1),
+                cin,
+                cout,
+                stride,
+                cfg,
+                &mut rng,
+            ));
         }
+        let cin = *cfg.widths.last().expect("validated: at least one stage");
         let [oh, ow] = cfg.output_size();
         Ok(IResNet {
             cfg: cfg.clone(),
@@ -385,15 +273,49 @@ impl Backbone for IResNet {
     }
 }
 
+/// Copies every parameter and BN statistic of `net` from `tensors` by name (f32, same shape).
+/// Returns the names in `tensors` the model has no use for (optimiser state, PyTorch's
+/// `num_batches_tracked`, …); a missing tensor or a wrong shape or dtype is an error listing
+/// every such name.
+pub fn load_named(net: &mut dyn Backbone, tensors: &BTreeMap<String, NamedTensor>) -> Result<Vec<String>, String> {
+    let mut used = std::collections::BTreeSet::new();
+    let mut bad = Vec::new();
+    let mut put = |name: &str, dst: &mut Tensor| match tensors.get(name) {
+        Some(NamedTensor {
+            shape,
+            data: Data::F32(v),
+            ..
+        }) if shape == dst.shape() => {
+            dst.data_mut().copy_from_slice(v);
+            used.insert(name.to_string());
+        }
+        Some(t) if t.shape != dst.shape() => bad.push(format!(
+            "{name}: shape {:?} in the file, {:?} in the model",
+            t.shape,
+            dst.shape()
+        )),
+        Some(_) => bad.push(format!("{name}: not f32")),
+        None => bad.push(format!("{name}: not in the file")),
+    };
+    net.visit_params(&mut |p| put(&p.name, &mut p.value));
+    net.visit_buffers(&mut |name, t| put(name, t));
+    if !bad.is_empty() {
+        return Err(bad.join("; "));
+    }
+    Ok(tensors.keys().filter(|k| !used.contains(*k)).cloned().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PreluMode;
     use crate::gradcheck::{CheckOptions, check_layer};
 
     fn tiny() -> ResNetConfig {
         ResNetConfig {
             units: vec![1, 2],
             widths: vec![3, 4],
+            strides: vec![2, 2],
             emb_dim: 5,
             input_size: [6, 6],
             dropout: 0.2,
@@ -477,6 +399,25 @@ mod tests {
         assert_eq!(r50.output_size(), [7, 7]);
         assert_eq!(r50.units.iter().sum::<usize>(), 24);
         assert_eq!(ResNetConfig::preset("resnet152").unwrap().units, vec![3, 8, 36, 3]);
+    }
+
+    #[test]
+    fn summary_counts_the_parameters_a_built_net_has() {
+        let mut staged = tiny();
+        staged.strides = vec![1, 2];
+        staged.prelu = PreluMode::Shared;
+        for cfg in [
+            tiny(),
+            staged,
+            ResNetConfig::preset("small").unwrap(),
+            ResNetConfig::preset("iresnet18").unwrap(),
+        ] {
+            let mut net = IResNet::new(&cfg, 0).unwrap();
+            assert_eq!(Backbone::num_params(&mut net), cfg.summary().params, "{cfg:?}");
+            let [h, w] = cfg.output_size();
+            let last = cfg.summary().stages[cfg.units.len()].out_shape.clone();
+            assert_eq!(last, vec![*cfg.widths.last().unwrap(), h, w]);
+        }
     }
 
     #[test]

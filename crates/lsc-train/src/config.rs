@@ -14,6 +14,7 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 pub struct Config {
     pub seed: u64,
     pub data: DataConfig,
+    /// The backbone: a preset `name` and/or explicit keys, resolved on reading (`lsc_nn::arch`).
     pub model: ResNetConfig,
     pub head: HeadConfig,
     pub optim: OptimConfig,
@@ -30,6 +31,28 @@ pub struct DataConfig {
     pub flip: bool,
     pub prefetch: usize,
     pub limit: usize,
+    pub resize: bool,
+    pub random_crop: bool,
+    pub crop_scale: [f32; 2],
+    pub crop_ratio: [f32; 2],
+    pub skip_bad: bool,
+    pub workers: usize,
+}
+
+impl DataConfig {
+    /// The loader's augmentation for training (`train`) or evaluation (no crop).
+    pub fn augment(&self, train: bool) -> lsc_data::Augment {
+        lsc_data::Augment {
+            resize: self.resize,
+            crop: (train && self.random_crop).then_some(lsc_data::RandomCrop {
+                scale: (self.crop_scale[0], self.crop_scale[1]),
+                ratio: (self.crop_ratio[0], self.crop_ratio[1]),
+            }),
+            skip_bad: self.skip_bad,
+            num_classes: Some(self.num_classes),
+            workers: self.workers,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +74,41 @@ pub struct TrainConfig {
     pub resume: PathBuf,
     /// Stop after this many global steps (0: run every epoch).
     pub max_steps: usize,
+    /// Remote mirror of `checkpoint_dir` ("" for none): a Hadoop path when `fs_name` is set,
+    /// else a directory.
+    pub fs_checkpoint_dir: String,
+    pub fs_name: String,
+    pub fs_user: String,
+    pub hadoop_bin: PathBuf,
+    pub fs_retries: u32,
+    pub fs_backoff_s: f64,
+}
+
+impl TrainConfig {
+    /// The remote checkpoint store the config names, if any.
+    pub fn store(&self) -> Option<Box<dyn lsc_ckpt::Store>> {
+        if self.fs_checkpoint_dir.is_empty() {
+            return None;
+        }
+        let retry = lsc_ckpt::Retry {
+            retries: self.fs_retries,
+            backoff: std::time::Duration::from_secs_f64(self.fs_backoff_s.max(0.0)),
+        };
+        Some(if self.fs_name.is_empty() {
+            Box::new(lsc_ckpt::DirStore {
+                dir: PathBuf::from(&self.fs_checkpoint_dir),
+                retry,
+            })
+        } else {
+            Box::new(lsc_ckpt::HadoopStore {
+                bin: self.hadoop_bin.clone(),
+                fs_name: self.fs_name.clone(),
+                user: self.fs_user.clone(),
+                dir: self.fs_checkpoint_dir.clone(),
+                retry,
+            })
+        })
+    }
 }
 
 /// A config that could not be read; the message names the file and the key.
@@ -148,6 +206,13 @@ impl Config {
         if self.data.batch_size == 0 {
             return Err(inv("data.batch_size must be positive".into()));
         }
+        if self.data.random_crop {
+            self.data
+                .augment(true)
+                .crop
+                .map_or(Ok(()), |c| c.validate())
+                .map_err(|e| inv(format!("data.crop_scale / data.crop_ratio: {e}")))?;
+        }
         if self.train.epochs == 0 {
             return Err(inv("train.epochs must be positive".into()));
         }
@@ -156,6 +221,14 @@ impl Config {
         }
         if self.train.eval_every == 0 {
             return Err(inv("train.eval_every must be positive".into()));
+        }
+        if !self.train.fs_checkpoint_dir.is_empty() && self.train.checkpoint_dir.as_os_str().is_empty() {
+            return Err(inv(
+                "train.fs_checkpoint_dir mirrors train.checkpoint_dir, which is not set".into(),
+            ));
+        }
+        if !(self.train.fs_backoff_s >= 0.0) {
+            return Err(inv("train.fs_backoff_s must be at least 0".into()));
         }
         Ok(())
     }

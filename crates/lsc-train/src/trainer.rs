@@ -4,7 +4,9 @@ use crate::checkpoint::{self, Position};
 use crate::config::{Config, ConfigError};
 use crate::progress::{Clock, Progress, StepInfo, Summary};
 use lsc_comm::{CommError, Communicator, LocalComm, ReduceOp, ThreadComm};
-use lsc_data::{Base64Shards, DataError, Dataset, ImageList, LoaderOptions, Record, RecordIo, Sampler, epoch_loader};
+use lsc_data::{
+    Base64Shards, DataError, Dataset, ImageList, LoaderOptions, Record, RecordIo, Sampler, epoch_loader_with,
+};
 use lsc_head::{HeadError, MarginSoftmax, Update};
 use lsc_nn::{Backbone, IResNet, Mode, profile};
 use lsc_optim::Sgd;
@@ -117,7 +119,13 @@ fn open(role: &'static str, path: &Path, num_classes: usize) -> Result<Arc<dyn D
 
 /// Decodes every test record up front (in parallel), so that a bad test set fails before
 /// training: each record must decode, be `h × w`, and have a label below `num_classes`.
-fn check_test_set(ds: &dyn Dataset, path: &Path, [h, w]: [usize; 2], num_classes: usize) -> Result<(), TrainError> {
+fn check_test_set(
+    ds: &dyn Dataset,
+    path: &Path,
+    [h, w]: [usize; 2],
+    resize: bool,
+    num_classes: usize,
+) -> Result<(), TrainError> {
     use rayon::prelude::*;
     let fail = |err: String| TrainError::Open {
         role: "test",
@@ -125,16 +133,16 @@ fn check_test_set(ds: &dyn Dataset, path: &Path, [h, w]: [usize; 2], num_classes
         err,
     };
     let bad = (0..ds.len()).into_par_iter().find_first(|&i| {
-        !matches!(ds.record(i).map(|r| (lsc_data::decode_rgb(&r.image).ok(), r.label)), Ok((Some((_, rh, rw)), l)) if rh == h && rw == w && (l as usize) < num_classes)
+        !matches!(ds.record(i).map(|r| (lsc_data::decode_rgb(&r.image).ok(), r.label)), Ok((Some((_, rh, rw)), l)) if (resize || (rh == h && rw == w)) && (l as usize) < num_classes)
     });
     if let Some(i) = bad {
         let why = match ds.record(i) {
             Err(e) => e.to_string(),
             Ok(r) => match lsc_data::decode_rgb(&r.image) {
                 Err(e) => format!("{}: {e}", ds.locate(i)),
-                Ok((_, rh, rw)) if (rh, rw) != (h, w) => {
+                Ok((_, rh, rw)) if !resize && (rh, rw) != (h, w) => {
                     format!(
-                        "{}: a {rh}x{rw} image but the model takes {h}x{w} (model.input_size); lsc does not resize",
+                        "{}: a {rh}x{rw} image but the model takes {h}x{w} (model.input_size); set data.resize = true to resize",
                         ds.locate(i)
                     )
                 }
@@ -150,9 +158,27 @@ fn check_test_set(ds: &dyn Dataset, path: &Path, [h, w]: [usize; 2], num_classes
     Ok(())
 }
 
+/// Builds one rank's backbone from the config (every rank calls it; the result must not depend
+/// on the rank). This is how a user-defined model plugs into the trainer.
+pub type BackboneFactory = dyn Fn(&Config) -> Result<Box<dyn Backbone>, String> + Sync;
+
+/// The built-in backbone: the face IResNet that `[model]` describes, seeded by `seed`.
+pub fn default_backbone(cfg: &Config) -> Result<Box<dyn Backbone>, String> {
+    IResNet::new(&cfg.model, cfg.seed)
+        .map(|n| Box::new(n) as Box<dyn Backbone>)
+        .map_err(|e| e.to_string())
+}
+
 /// Trains with `cfg.train.ranks` ranks (threads) and returns rank 0's summary.
 /// Progress goes to stderr unless `quiet`.
 pub fn train(cfg: &Config, quiet: bool) -> Result<Summary, TrainError> {
+    train_with(cfg, quiet, &default_backbone)
+}
+
+/// [`train`] with a backbone of the caller's: `make` builds each rank's copy. Its
+/// `input_shape()` must be `[3, H, W]` with `[H, W] = model.input_size` (what the loader
+/// produces) and its `emb_dim()` must be `model.emb_dim`.
+pub fn train_with(cfg: &Config, quiet: bool, make: &BackboneFactory) -> Result<Summary, TrainError> {
     cfg.validate()?;
     let n = cfg.train.ranks;
     if n > MAX_THREAD_RANKS {
@@ -169,32 +195,40 @@ pub fn train(cfg: &Config, quiet: bool) -> Result<Summary, TrainError> {
             n: cfg.data.limit,
         });
     }
-    let per_rank = train_ds.len().div_ceil(n);
-    if per_rank < cfg.data.batch_size {
+    let global = cfg.data.batch_size * n;
+    if train_ds.len() < global {
         return Err(TrainError::Other(format!(
-            "data.train {}: {} record{} give {per_rank} per rank over {n} rank{}, fewer than one batch of {} (data.batch_size)",
+            "data.train {}: {} record{} are fewer than one global batch of {global} (data.batch_size {} × {n} rank{})",
             cfg.data.train.display(),
             train_ds.len(),
             if train_ds.len() == 1 { "" } else { "s" },
+            cfg.data.batch_size,
             if n == 1 { "" } else { "s" },
-            cfg.data.batch_size
         )));
     }
     let test_ds: Option<Arc<dyn Dataset>> = if cfg.data.test.as_os_str().is_empty() {
         None
     } else {
         let ds = open("test", &cfg.data.test, classes)?;
-        check_test_set(ds.as_ref(), &cfg.data.test, cfg.model.input_size, classes)?;
+        if !cfg.data.skip_bad {
+            check_test_set(
+                ds.as_ref(),
+                &cfg.data.test,
+                cfg.model.input_size,
+                cfg.data.resize,
+                classes,
+            )?;
+        }
         Some(ds)
     };
     if n == 1 {
         let mut p = Progress::new(cfg.train.log_every, quiet);
-        return train_rank(cfg, &LocalComm, train_ds, test_ds, Some(&mut p));
+        return train_rank(cfg, make, &LocalComm, train_ds, test_ds, Some(&mut p));
     }
     let results = lsc_comm::run_ranks_with_timeout(n, timeout, |comm: ThreadComm| {
         let mut p = Progress::new(cfg.train.log_every, quiet);
         let progress = (comm.rank() == 0).then_some(&mut p);
-        train_rank(cfg, &comm, train_ds.clone(), test_ds.clone(), progress)
+        train_rank(cfg, make, &comm, train_ds.clone(), test_ds.clone(), progress)
     });
     // Report the root cause: a rank's own failure, not the aborted collectives it caused.
     let mut first_err: Option<TrainError> = None;
@@ -254,6 +288,7 @@ fn broadcast_buffers(net: &mut dyn Backbone, comm: &dyn Communicator) -> Result<
 /// One rank's whole run.
 fn train_rank(
     cfg: &Config,
+    make: &BackboneFactory,
     comm: &dyn Communicator,
     train_ds: Arc<dyn Dataset>,
     test_ds: Option<Arc<dyn Dataset>>,
@@ -261,7 +296,16 @@ fn train_rank(
 ) -> Result<Summary, TrainError> {
     let t0 = Instant::now();
     let (rank, world) = (comm.rank(), comm.world_size());
-    let mut net = IResNet::new(&cfg.model, cfg.seed).map_err(|e| TrainError::Model(e.to_string()))?;
+    let mut net = make(cfg).map_err(TrainError::Model)?;
+    let [h, w] = cfg.model.input_size;
+    if net.input_shape() != [3, h, w] || net.emb_dim() != cfg.model.emb_dim {
+        return Err(TrainError::Model(format!(
+            "the backbone takes {:?} and gives {} dims; the config says [3, {h}, {w}] (model.input_size) and {} (model.emb_dim)",
+            net.input_shape(),
+            net.emb_dim(),
+            cfg.model.emb_dim
+        )));
+    }
     let mut head = MarginSoftmax::new(
         &cfg.head,
         cfg.data.num_classes,
@@ -269,20 +313,11 @@ fn train_rank(
         comm,
         cfg.seed ^ 0x4ead,
     );
-    let sampler = Sampler::new(train_ds.len(), cfg.seed, rank, world, true);
     let bs = cfg.data.batch_size;
-    let steps_per_epoch = sampler.per_rank() / bs;
-    if steps_per_epoch == 0 {
-        return Err(TrainError::Other(format!(
-            "data.train {}: {} records give {} per rank, fewer than one batch of {bs}",
-            cfg.data.train.display(),
-            train_ds.len(),
-            sampler.per_rank()
-        )));
-    }
+    let sampler = Sampler::new(train_ds.len(), cfg.seed, rank, world, bs, true);
+    let steps_per_epoch = sampler.steps();
     let sched = cfg.optim.schedule(steps_per_epoch);
     let mut opt_net = Sgd::new(cfg.optim.momentum, cfg.optim.weight_decay);
-    let [h, w] = cfg.model.input_size;
     let opts = LoaderOptions {
         batch_size: bs,
         height: h,
@@ -296,7 +331,7 @@ fn train_rank(
     let total_steps = epochs * steps_per_epoch;
     let mut pos = Position::default();
     if !cfg.train.resume.as_os_str().is_empty() {
-        let (dir, p) = checkpoint::load(cfg, comm, &mut net, &mut opt_net, &mut head)?;
+        let (dir, p) = checkpoint::load(cfg, comm, net.as_mut(), &mut opt_net, &mut head)?;
         if let Some(pr) = progress.as_deref_mut() {
             pr.line(&format!(
                 "resumed from {} at step {} (epoch {}, step {} of it)",
@@ -325,13 +360,20 @@ fn train_rank(
         };
         let mut indices = sampler.epoch(epoch as u64);
         indices.drain(..(first * bs).min(indices.len()));
-        let mut loader = epoch_loader(train_ds.clone(), indices, opts.clone(), epoch as u64);
+        let mut loader = epoch_loader_with(
+            train_ds.clone(),
+            indices,
+            opts.clone(),
+            cfg.data.augment(true),
+            epoch as u64,
+        );
         let (mut sum, mut cnt, mut win, mut win_n) = if first > 0 {
             (pos.loss_sum, pos.loss_count as usize, 0.0f64, 0usize)
         } else {
             (0.0f64, 0usize, 0.0f64, 0usize)
         };
         let mut done = first;
+        let (mut bad_records, mut bad_first) = (0usize, None::<String>);
         for step in first..steps_per_epoch {
             done = step + 1;
             let batch = match wait.time(|| loader.next()) {
@@ -343,6 +385,12 @@ fn train_rank(
                     )));
                 }
             };
+            if !batch.skipped.is_empty() {
+                if bad_first.is_none() {
+                    bad_first = batch.skipped.first().cloned();
+                }
+                bad_records += batch.skipped.len();
+            }
             let lr = sched.lr(k);
             let out = compute.time(|| -> Result<_, TrainError> {
                 net.set_step(k as u64);
@@ -369,7 +417,7 @@ fn train_rank(
                 net.backward(&s.d_emb);
                 {
                     let _t = profile::scope("allreduce", 0.0);
-                    all_reduce_grads(&mut net, &mut grad_buf, comm)?;
+                    all_reduce_grads(net.as_mut(), &mut grad_buf, comm)?;
                 }
                 let _t = profile::scope("optim", 0.0);
                 opt_net.step(lr, &mut |f| net.visit_params(f));
@@ -419,7 +467,7 @@ fn train_rank(
                     loss_sum: sum,
                     loss_count: cnt as u64,
                 };
-                let dir = checkpoint::save(cfg, comm, &mut net, &opt_net, &head, &at)?;
+                let dir = checkpoint::save(cfg, comm, net.as_mut(), &opt_net, &head, &at)?;
                 if let (Some(p), Some(d)) = (progress.as_deref_mut(), dir) {
                     p.line(&format!("saved {}", d.display()));
                 }
@@ -448,11 +496,17 @@ fn train_rank(
         if epoch_skips > 0 {
             msg += &format!(" (warning: {epoch_skips} of {steps_per_epoch} steps skipped for non-finite values)");
         }
+        if bad_records > 0 {
+            msg += &format!(
+                " (warning: rank {rank} skipped {bad_records} bad record(s) (data.skip_bad), first: {})",
+                bad_first.unwrap_or_default()
+            );
+        }
         if let Some(ds) = &test_ds
             && (last || (epoch + 1).is_multiple_of(cfg.train.eval_every))
         {
-            broadcast_buffers(&mut net, comm)?;
-            let acc = evaluate(&mut net, &head, ds.clone(), &opts, comm)?;
+            broadcast_buffers(net.as_mut(), comm)?;
+            let acc = evaluate(net.as_mut(), &head, ds.clone(), &opts, &cfg.data.augment(false), comm)?;
             top1 = Some(acc);
             msg += &format!(" test_top1 {acc:.4}");
         }
@@ -471,7 +525,7 @@ fn train_rank(
                 loss_sum: 0.0,
                 loss_count: 0,
             };
-            let dir = checkpoint::save(cfg, comm, &mut net, &opt_net, &head, &at)?;
+            let dir = checkpoint::save(cfg, comm, net.as_mut(), &opt_net, &head, &at)?;
             if let (Some(p), Some(d)) = (progress.as_deref_mut(), dir) {
                 p.line(&format!("saved {}", d.display()));
             }
@@ -504,6 +558,7 @@ pub fn evaluate(
     head: &MarginSoftmax,
     ds: Arc<dyn Dataset>,
     train_opts: &LoaderOptions,
+    aug: &lsc_data::Augment,
     comm: &dyn Communicator,
 ) -> Result<f32, TrainError> {
     let opts = LoaderOptions {
@@ -513,7 +568,7 @@ pub fn evaluate(
     };
     let n = ds.len();
     let mut correct = 0usize;
-    for batch in epoch_loader(ds, (0..n).collect(), opts, 0) {
+    for batch in epoch_loader_with(ds, (0..n).collect(), opts, aug.clone(), 0) {
         let batch = batch?;
         let emb = net.forward(&batch.images, Mode::Eval);
         let pred = head.predict(&emb, comm)?;
