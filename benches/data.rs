@@ -2,7 +2,9 @@
 //! flip and PLSC normalisation to CHW f32, on one thread (images/s per core), for baseline
 //! 4:2:0 quality 90 (the target is >= 4,000 images/s per core), progressive 4:2:0 and baseline
 //! 4:4:4. The images are real: Fashion-MNIST pictures from `datasets/fashion-mnist-mini`,
-//! upscaled bilinearly to 112x112 and tinted to colour, encoded with jpeg-encoder. Also times
+//! upscaled bilinearly to 112x112 and tinted to colour, encoded with jpeg-encoder; then the same
+//! pictures with per-pixel noise (±`--noise`, default 24 grey levels) so that they compress like
+//! camera face crops (about 3x the bytes of the smooth ones, and slower to decode). Also times
 //! the parallel batch loader (`load_batch` on every thread). Ends with one JSON line.
 
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
@@ -12,16 +14,21 @@ use lsc_data::{
 };
 use std::path::Path;
 
-const USAGE: &str = "usage: bench-data [--images N] [--reps R]";
+const USAGE: &str = "usage: bench-data [--images N] [--reps R] [--noise X]";
 const SIDE: usize = 112;
 
 struct Args {
     images: usize,
     reps: usize,
+    noise: f32,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { images: 512, reps: 5 };
+    let mut a = Args {
+        images: 512,
+        reps: 5,
+        noise: 24.0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--bench" {
@@ -32,6 +39,7 @@ fn parse() -> Result<Args, String> {
         match flag.as_str() {
             "--images" => a.images = num(val()?)?,
             "--reps" => a.reps = num(val()?)?,
+            "--noise" => a.noise = val()?.parse().map_err(|e| format!("--noise: {e}"))?,
             "-h" | "--help" => return Err(USAGE.into()),
             o => return Err(format!("unknown flag {o}\n{USAGE}")),
         }
@@ -42,8 +50,9 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// `n` 112x112 RGB pictures: Fashion-MNIST images upscaled bilinearly and tinted.
-fn pictures(n: usize) -> Vec<Vec<u8>> {
+/// `n` 112x112 RGB pictures: Fashion-MNIST images upscaled bilinearly and tinted, plus uniform
+/// noise of amplitude `noise` from a fixed hash (0: smooth).
+fn pictures(n: usize, noise: f32) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fashion-mnist-mini/train");
     let ds = Base64Shards::open(&dir).expect("datasets/fashion-mnist-mini/train");
     (0..n)
@@ -64,8 +73,13 @@ fn pictures(n: usize) -> Vec<Vec<u8>> {
                     let top = px(y0, x0) + (px(y0, x1) - px(y0, x0)) * fx;
                     let bot = px(y1, x0) + (px(y1, x1) - px(y1, x0)) * fx;
                     let v = top + (bot - top) * fy;
-                    for t in tint {
-                        out.push((v * (255.0 - t as f32) / 255.0 + t as f32).round() as u8);
+                    for (c, t) in tint.into_iter().enumerate() {
+                        let mut h = ((k * SIDE + y) * SIDE + x) as u64 * 3 + c as u64;
+                        h = (h ^ (h >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                        h ^= h >> 29;
+                        let n = noise * ((h >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0);
+                        let p = v * (255.0 - t as f32) / 255.0 + t as f32 + n;
+                        out.push(p.round().clamp(0.0, 255.0) as u8);
                     }
                 }
             }
@@ -128,11 +142,15 @@ impl Dataset for Mem {
 
 fn main() {
     let a = lsc_benches::args_or_exit(parse());
-    let pics = pictures(a.images);
+    let smooth = pictures(a.images, 0.0);
+    let textured = pictures(a.images, a.noise);
     let variants = [
-        ("baseline_420", SamplingFactor::F_2_2, false),
-        ("progressive_420", SamplingFactor::F_2_2, true),
-        ("baseline_444", SamplingFactor::F_1_1, false),
+        ("baseline_420", SamplingFactor::F_2_2, false, &smooth),
+        ("progressive_420", SamplingFactor::F_2_2, true, &smooth),
+        ("baseline_444", SamplingFactor::F_1_1, false, &smooth),
+        ("textured_baseline_420", SamplingFactor::F_2_2, false, &textured),
+        ("textured_progressive_420", SamplingFactor::F_2_2, true, &textured),
+        ("textured_baseline_444", SamplingFactor::F_1_1, false, &textured),
     ];
     let threads = rayon::current_num_threads();
     let mut j = JsonLine::default();
@@ -140,10 +158,10 @@ fn main() {
     j.num("images", a.images as f64);
     j.num("threads", threads as f64);
     println!(
-        "{} images {SIDE}x{SIDE} (Fashion-MNIST upscaled, tinted), JPEG quality 90; one thread unless noted",
-        a.images
+        "{} images {SIDE}x{SIDE} (Fashion-MNIST upscaled, tinted; textured: plus noise ±{}), JPEG quality 90; one thread unless noted",
+        a.images, a.noise
     );
-    for (name, sampling, progressive) in variants {
+    for (name, sampling, progressive, pics) in variants {
         let jpegs: Vec<Vec<u8>> = pics.iter().map(|p| encode(p, sampling, progressive)).collect();
         let bytes = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64;
         let (dec, norm, both) = per_core(&jpegs, a.reps);
@@ -167,7 +185,7 @@ fn main() {
         });
         let par = ds.len() as f64 / loader;
         println!(
-            "{name:<16} {bytes:>6.0} B/image  decode {dec:>7.0}/s  flip+normalise {norm:>8.0}/s  \
+            "{name:<24} {bytes:>6.0} B/image  decode {dec:>7.0}/s  flip+normalise {norm:>8.0}/s  \
              decode+flip+normalise {both:>7.0} images/s per core ({:.1}% in normalise)  \
              loader on {threads} threads {par:>7.0}/s ({:.0}/s per thread)",
             100.0 * (1.0 / norm) / (1.0 / both),

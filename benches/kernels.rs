@@ -33,6 +33,8 @@ fn main() {
     // The fused head's per-tile products (one thread each; tiles run in parallel).
     for (name, ta, tb, m, n, k) in [
         ("head_logits_seq_128x256x512", Trans::N, Trans::T, 128, 256, 512),
+        ("head_logits_nn_seq_128x256x512", Trans::N, Trans::N, 128, 256, 512),
+        ("head_logits_tn_seq_256x128x512", Trans::N, Trans::T, 256, 128, 512),
         ("head_dx_seq_128x512x256", Trans::N, Trans::N, 128, 512, 256),
         ("head_dw_seq_256x512x128", Trans::T, Trans::N, 256, 512, 128),
     ] {

@@ -150,6 +150,21 @@ fn resuming_on_another_rank_count_matches_the_same_rank_continuation() {
         "resuming from the offline re-partition differs from re-partitioning on load"
     );
     assert_eq!(a.steps, 32);
+    // Mid-epoch, a different global batch is refused (the position counts global batches).
+    let mut c = config(2, &tmp.join("other-batch"));
+    c.data.batch_size = 8;
+    c.train.resume = saved.clone();
+    let e = train_with(&c, true, &Flat::make).unwrap_err().to_string();
+    assert!(
+        e.contains("same global batch") && e.contains("24") && e.contains("16"),
+        "{e}"
+    );
+    // A position past the end of this run's epochs (fewer records) is refused.
+    let mut c = config(3, &tmp.join("fewer-records"));
+    c.data.limit = 96;
+    c.train.resume = saved.clone();
+    let e = train_with(&c, true, &Flat::make).unwrap_err().to_string();
+    assert!(e.contains("6 steps into epoch 1") && e.contains("only 4 steps"), "{e}");
     // Refusals: an existing output, zero ranks.
     let e = checkpoint::reshard(&saved, 2, &offline).unwrap_err().to_string();
     assert!(e.contains("already exists"), "{e}");

@@ -43,7 +43,8 @@ fn real_main() -> Result<()> {
         "test" => test::run(&rest),
         "gpu-check" => test::gpu_check(),
         // `bench-NAME` runs the harness-free bench target NAME (dashes become underscores).
-        "bench-fc" | "bench-comm" | "bench-head-dtype" | "bench-kernels" | "bench-ckpt" | "bench-data" => {
+        "bench-fc" | "bench-comm" | "bench-head-dtype" | "bench-kernels" | "bench-ckpt" | "bench-data"
+        | "bench-backbone" => {
             let target = cmd.trim_start_matches("bench-").replace('-', "_");
             run_cmd(
                 cargo()
@@ -75,6 +76,8 @@ cargo xtask COMMAND
                    [--loss arcface|cosface] [--scale S] [--margin M] [--rtn]
                                bf16 against f32 head weights on a learnable synthetic task
   bench-kernels                GEMM and im2col rates
+  bench-backbone [--model NAME] [--batch B] [--steps N] [--threads T] [--infer-only] [--profile]
+                               IResNet train step and inference images/s, peak RSS, per-layer profile
   bench-data [--images N] [--reps R]
                                112x112 JPEG decode + flip + normalise, images/s per core
   bench-ckpt [--classes C] [--dim D] [--dtype f32|bf16] [--reps N] [--dir DIR]

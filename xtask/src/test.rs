@@ -23,10 +23,12 @@ fn require_gpu() -> bool {
     std::env::var("LSC_REQUIRE_GPU").is_ok_and(|v| v == "1")
 }
 
-/// The GPU tests: every test whose name carries `gpu`, with a GPU required.
+/// The GPU tests: every test whose name carries `gpu`, with a GPU required and NCCL built in.
 fn gpu_tests() -> Command {
     let mut c = cargo();
-    c.args(["test", "--workspace", "gpu"]).env("LSC_REQUIRE_GPU", "1");
+    // NCCL lives behind lsc-comm's `cuda` feature (cudarc, loaded at run time).
+    c.args(["test", "--workspace", "--features", "lsc-comm/cuda", "gpu"])
+        .env("LSC_REQUIRE_GPU", "1");
     c
 }
 

@@ -81,6 +81,25 @@ impl Manifest {
                 ),
             });
         }
+        let bad = |why: String| CkptError::Corrupt {
+            path: path.display().to_string(),
+            why,
+        };
+        if m.shards.len() as u64 != m.world_size {
+            return Err(bad(format!(
+                "world_size = {} but {} shard(s) are listed",
+                m.world_size,
+                m.shards.len()
+            )));
+        }
+        for (key, v) in [("head_dtype", &m.head_dtype), ("file_dtype", &m.file_dtype)] {
+            if v != "f32" && v != "bf16" {
+                return Err(bad(format!("{key} = {v:?}: expected \"f32\" or \"bf16\"")));
+            }
+        }
+        if let Some((r, s)) = m.shards.iter().enumerate().find(|(r, s)| s.rank != *r as u64) {
+            return Err(bad(format!("shard {r} is listed as rank {}", s.rank)));
+        }
         Ok(m)
     }
 

@@ -267,7 +267,7 @@ mod tests {
             step_in_epoch: step,
             num_classes: 4,
             emb_dim: 2,
-            world_size: 1,
+            world_size: 0,
             head_dtype: "f32".into(),
             file_dtype: "f32".into(),
             shards: vec![],

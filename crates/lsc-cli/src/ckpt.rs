@@ -35,6 +35,10 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     let Some(dir) = it.next() else {
         bail!("ckpt inspect: missing DIR\n\n{USAGE}")
     };
+    if dir == "-h" || dir == "--help" {
+        print!("{USAGE}");
+        return Ok(());
+    }
     if let Some(extra) = it.next() {
         bail!("ckpt inspect: unexpected argument {extra:?}\n\n{USAGE}");
     }

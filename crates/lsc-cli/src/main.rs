@@ -69,6 +69,10 @@ fn main() {
         "ckpt" => ckpt::run(args),
         "model" => model::run(args),
         "export" => export::run(args),
+        "gpu" if args.iter().any(|a| a == "-h" || a == "--help") => {
+            println!("usage: lsc gpu\n\nReports the CUDA driver and the devices it sees, loaded at run time (dlopen).");
+            Ok(())
+        }
         "gpu" => gpu(),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

@@ -1,4 +1,7 @@
 //! `lsc train`: load the config, apply flags, train, print the summary JSON line.
+//!
+//! Started by `mpirun` (or another MPI launcher, seen in the environment), each process is one
+//! rank over MPI when built with `--features mpi`; rank 0 prints progress and the summary.
 
 use anyhow::{Context, Result, bail};
 use lexopt::prelude::*;
@@ -26,6 +29,10 @@ usage: lsc train [--config FILE] [--epochs N] [--data DIR] [--ranks N] [--limit 
   --profile        time each layer type and print the table (seconds, share, GFLOP/s) at the end
 
 Progress goes to stderr; the last line on stdout is a JSON summary.
+
+Under mpirun (lsc built with --features mpi) every process is one rank: the world size comes
+from mpirun -np, --ranks may be left out, and rank 0 prints progress and the summary.
+LSC_COMM_TIMEOUT_S (default 600) bounds every wait for the other ranks.
 ";
 
 fn parse<T: std::str::FromStr>(flag: &str, v: OsString) -> Result<T>
@@ -115,20 +122,93 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     if let Some(v) = max_steps {
         cfg.train.max_steps = v;
     }
+    // One process under a launcher (`mpirun -np 1`) is a plain run (thread ranks allowed).
+    let launch = lsc_comm::launched_by(|k| std::env::var(k).ok()).filter(|l| l.world_size > 1);
+    if let Some(l) = &launch {
+        check_mpi_ranks(l, ranks, &cfg)?;
+        cfg.train.ranks = l.world_size;
+    }
     let origin = match &config {
         Some(p) => format!("config {} with the command-line flags", p.display()),
         None => "the built-in defaults with the command-line flags".to_string(),
     };
     cfg.validate().with_context(|| origin.clone())?;
     if print {
-        print!("{}", cfg.to_toml());
+        if launch.as_ref().is_none_or(|l| l.rank.unwrap_or(0) == 0) {
+            print!("{}", cfg.to_toml());
+        }
         return Ok(());
     }
     lsc_nn::profile::enable(prof);
-    let summary = lsc_train::train(&cfg, quiet).context("training failed")?;
+    let summary = match &launch {
+        Some(l) => match train_mpi(&cfg, quiet, l)? {
+            Some(s) => s,
+            None => return Ok(()), // not rank 0: rank 0 prints the summary
+        },
+        None => lsc_train::train(&cfg, quiet).context("training failed")?,
+    };
     if prof {
         eprint!("{}", lsc_nn::profile::report());
     }
     println!("{}", summary.to_json());
     Ok(())
+}
+
+/// Under an MPI launcher the world size is the number of processes: `--ranks` (or
+/// `train.ranks` in a config) may only repeat it.
+fn check_mpi_ranks(l: &lsc_comm::Launch, flag: Option<usize>, cfg: &Config) -> Result<()> {
+    let n = l.world_size;
+    match flag {
+        Some(r) if r != n => bail!(
+            "--ranks {r}, but the MPI launcher started {n} processes ({}={n}); under mpirun every process is \
+             one rank: leave --ranks out or start {r} processes (mpirun -np {r})",
+            l.variable
+        ),
+        None if cfg.train.ranks != 1 && cfg.train.ranks != n => bail!(
+            "train.ranks = {} in the config, but the MPI launcher started {n} processes ({}={n}); under mpirun \
+             every process is one rank",
+            cfg.train.ranks,
+            l.variable
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Trains this process's rank of an MPI job; `Some(summary)` on rank 0. A rank that fails
+/// aborts the whole job (so that the others do not wait for it until their timeout).
+#[cfg(feature = "mpi")]
+fn train_mpi(cfg: &Config, quiet: bool, _launch: &lsc_comm::Launch) -> Result<Option<lsc_train::Summary>> {
+    use lsc_comm::Communicator;
+    let comm = lsc_comm::mpi::MpiComm::init().map_err(|e| anyhow::anyhow!("MPI: {e}"))?;
+    if comm.rank() == 0 && !quiet {
+        eprintln!(
+            "MPI: {} ranks, one per process ({}); collective timeout {:.0} s",
+            comm.world_size(),
+            lsc_comm::mpi::MpiComm::library_version()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim(),
+            comm.timeout().as_secs_f64()
+        );
+    }
+    match lsc_train::train_on(cfg, quiet, &lsc_train::default_backbone, &comm) {
+        Ok(s) => Ok((comm.rank() == 0).then_some(s)),
+        Err(e) => comm.abort(1, &format!("training failed: {e}")),
+    }
+}
+
+/// Without the `mpi` feature, an MPI job of more than one process cannot run: each process
+/// would train alone on the whole data.
+#[cfg(not(feature = "mpi"))]
+fn train_mpi(_cfg: &Config, _quiet: bool, l: &lsc_comm::Launch) -> Result<Option<lsc_train::Summary>> {
+    bail!(
+        "started by an MPI launcher as one of {} processes ({}={}), but this lsc was built without MPI \
+         support; rebuild it with `cargo build --release -p lsc-cli --features mpi` (needs Open MPI or MPICH \
+         and libclang: apt-get install openmpi-bin libopenmpi-dev libclang-dev), or run one process with \
+         --ranks N for N thread ranks",
+        l.world_size,
+        l.variable,
+        l.world_size
+    )
 }

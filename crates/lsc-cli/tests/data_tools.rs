@@ -252,7 +252,7 @@ fn shuffle_split_streams_input_larger_than_its_memory_limit() {
     let t = TempDir::new("shuffle");
     let budget_mb = 4u64;
     // The address space the binary needs for a tiny input (what it takes to start).
-    std::fs::write(t.path("tiny"), "5\tAAAA\n").unwrap();
+    std::fs::write(t.path("tiny"), "5\tAAAA\n6\tAAAA\n").unwrap();
     let mut base = None;
     for mb in (8..=256u64).step_by(2) {
         let out = t.path("tiny-out");

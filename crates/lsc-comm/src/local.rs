@@ -24,6 +24,11 @@ impl Communicator for LocalComm {
         recv.copy_from_slice(send);
         Ok(())
     }
+    fn all_gather_varied(&self, send: &[f32], counts: &[usize], recv: &mut [f32]) -> Result<(), CommError> {
+        crate::narrow::check_varied(0, 1, send.len(), counts, recv.len())?;
+        recv.copy_from_slice(send);
+        Ok(())
+    }
     fn reduce_scatter(&self, send: &[f32], recv: &mut [f32], _op: ReduceOp) -> Result<(), CommError> {
         check_len(0, "reduce_scatter", recv.len(), send.len())?;
         recv.copy_from_slice(send);

@@ -8,6 +8,8 @@
 //!   every rank's buffer into its own buffer, then every rank copies the other slices from
 //!   their owners.
 //! - `all_gather`: every rank copies every other rank's `send` into its own `recv`.
+//! - `all_gather_varied`: the same with each rank's own length; the offsets come from the
+//!   published lengths.
 //! - `reduce_scatter`: every rank reduces its own block over all ranks' `send` buffers.
 //! - `broadcast`: the non-root ranks copy from the root's buffer.
 //! - `barrier`: the entry barrier alone.
@@ -116,6 +118,7 @@ pub fn balanced_slice(len: usize, n: usize, r: usize) -> Range<usize> {
 enum Kind {
     AllReduce(ReduceOp),
     AllGather,
+    AllGatherVaried,
     ReduceScatter(ReduceOp),
     Broadcast { root: usize },
     Barrier,
@@ -126,6 +129,7 @@ impl Kind {
         match self {
             Kind::AllReduce(_) => "all_reduce",
             Kind::AllGather => "all_gather",
+            Kind::AllGatherVaried => "all_gather_varied",
             Kind::ReduceScatter(_) => "reduce_scatter",
             Kind::Broadcast { .. } => "broadcast",
             Kind::Barrier => "barrier",
@@ -136,7 +140,7 @@ impl Kind {
         match self {
             Kind::AllReduce(op) | Kind::ReduceScatter(op) => format!("{}({op:?})", self.name()),
             Kind::Broadcast { root } => format!("broadcast(root {root})"),
-            Kind::AllGather | Kind::Barrier => self.name().to_string(),
+            Kind::AllGather | Kind::AllGatherVaried | Kind::Barrier => self.name().to_string(),
         }
     }
 }
@@ -147,13 +151,16 @@ impl Kind {
 /// `send` for `all_gather`, `recv` for `reduce_scatter`); `other_len` is the length of the other
 /// buffer, which must be `world_size × len` for `all_gather` (`recv`) and `reduce_scatter`
 /// (`send`). `data` points to `len` (or, for `reduce_scatter`, `other_len`) elements that peers
-/// may read during the collective; peers never write through it.
+/// may read during the collective; peers never write through it. For `all_gather_varied`,
+/// `len` is the rank's own `send` length, `other_len` its `recv` length and `counts` a
+/// fingerprint of the `counts` it passed (see [`counts_fingerprint`]).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     kind: Kind,
     data: *const f32,
     len: usize,
     other_len: usize,
+    counts: u64,
 }
 
 impl Slot {
@@ -162,7 +169,23 @@ impl Slot {
         data: std::ptr::null(),
         len: 0,
         other_len: 0,
+        counts: 0,
     };
+}
+
+/// A fingerprint of a list of counts. Validation compares every rank's fingerprint of the
+/// `counts` it passed with the fingerprint of the lengths the ranks actually published, a
+/// computation on the shared slots alone, so every rank takes the same decision. (The copies
+/// use the published lengths, so even a collision could not make a rank read out of bounds.)
+fn counts_fingerprint(counts: impl ExactSizeIterator<Item = usize>) -> u64 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let n = counts.len() as u64;
+    counts.fold(mix(n), |h, c| mix(h ^ c as u64))
 }
 
 // SAFETY: a `Slot` is plain data. Its pointer is dereferenced only by the collectives, between
@@ -197,6 +220,9 @@ fn validate(me: usize, slots: &[Slot]) -> Result<(), CommError> {
             why: format!("root {root} outside world size {n}"),
         });
     }
+    if first.kind == Kind::AllGatherVaried {
+        return validate_varied(me, slots);
+    }
     // (expected, got) when rank q's buffers disagree with each other or with rank 0's.
     let mismatch = |s: &Slot| -> Option<(usize, usize)> {
         if matches!(first.kind, Kind::AllGather | Kind::ReduceScatter(_)) {
@@ -217,6 +243,41 @@ fn validate(me: usize, slots: &[Slot]) -> Result<(), CommError> {
                 got,
             });
         }
+    }
+    Ok(())
+}
+
+/// [`validate`] for `all_gather_varied`: every rank's counts are the published `send` lengths
+/// and every `recv` holds their sum.
+fn validate_varied(me: usize, slots: &[Slot]) -> Result<(), CommError> {
+    const OP: &str = "all_gather_varied";
+    let lens = || slots.iter().map(|s| s.len);
+    let actual = counts_fingerprint(lens());
+    // The rank's own counts first, so a rank at fault names itself.
+    let order = std::iter::once(me).chain(0..slots.len());
+    if let Some(q) = order.clone().find(|&q| slots[q].counts != actual) {
+        let whose = if q == me {
+            "this rank's".to_string()
+        } else {
+            format!("rank {q}'s")
+        };
+        return Err(CommError::Invalid {
+            rank: me,
+            op: OP,
+            why: format!(
+                "{whose} counts disagree with the send lengths the ranks passed, {:?}",
+                lens().collect::<Vec<_>>()
+            ),
+        });
+    }
+    let total = lens().try_fold(0usize, usize::checked_add).unwrap_or(usize::MAX);
+    if let Some(q) = order.clone().find(|&q| slots[q].other_len != total) {
+        return Err(CommError::Size {
+            rank: me,
+            op: OP,
+            expected: total,
+            got: slots[q].other_len,
+        });
     }
     Ok(())
 }
@@ -546,6 +607,7 @@ impl Communicator for ThreadComm {
             data: own.cast_const(),
             len,
             other_len: len,
+            counts: 0,
         })?;
         let view = self.view.borrow();
         validate(self.rank, &view).map_err(|e| self.fail(e))?;
@@ -597,6 +659,7 @@ impl Communicator for ThreadComm {
             data: send.as_ptr(),
             len: send.len(),
             other_len: recv.len(),
+            counts: 0,
         })?;
         let view = self.view.borrow();
         validate(self.rank, &view).map_err(|e| self.fail(e))?;
@@ -619,6 +682,39 @@ impl Communicator for ThreadComm {
         Self::finish(panicked, end)
     }
 
+    fn all_gather_varied(&self, send: &[f32], counts: &[usize], recv: &mut [f32]) -> Result<(), CommError> {
+        const OP: &str = "all_gather_varied";
+        // No early return on bad counts: the fingerprint makes every rank fail alike.
+        self.enter(Slot {
+            kind: Kind::AllGatherVaried,
+            data: send.as_ptr(),
+            len: send.len(),
+            other_len: recv.len(),
+            counts: counts_fingerprint(counts.iter().copied()),
+        })?;
+        let view = self.view.borrow();
+        validate(self.rank, &view).map_err(|e| self.fail(e))?;
+        let me = self.rank;
+        // As `all_gather`: peers' `send` are only read, and only this rank writes its `recv`,
+        // whose length is the sum of the published lengths (validated).
+        let panicked = self.guarded(OP, || {
+            let mut off = 0;
+            for (q, slot) in view.iter().enumerate() {
+                let dst = &mut recv[off..off + slot.len];
+                if q == me {
+                    dst.copy_from_slice(send);
+                } else {
+                    // SAFETY: rank `q` published its `send` of `slot.len` elements, a shared
+                    // borrow kept alive until the exit barrier.
+                    dst.copy_from_slice(unsafe { std::slice::from_raw_parts(slot.data, slot.len) });
+                }
+                off += slot.len;
+            }
+        });
+        let end = self.sync(OP);
+        Self::finish(panicked, end)
+    }
+
     fn reduce_scatter(&self, send: &[f32], recv: &mut [f32], op: ReduceOp) -> Result<(), CommError> {
         const OP: &str = "reduce_scatter";
         self.enter(Slot {
@@ -626,6 +722,7 @@ impl Communicator for ThreadComm {
             data: send.as_ptr(),
             len: recv.len(),
             other_len: send.len(),
+            counts: 0,
         })?;
         let view = self.view.borrow();
         validate(self.rank, &view).map_err(|e| self.fail(e))?;
@@ -656,6 +753,7 @@ impl Communicator for ThreadComm {
             data: buf.as_ptr(),
             len: buf.len(),
             other_len: buf.len(),
+            counts: 0,
         })?;
         let view = self.view.borrow();
         validate(self.rank, &view).map_err(|e| self.fail(e))?;
@@ -774,7 +872,46 @@ mod tests {
             data: std::ptr::null(),
             len,
             other_len,
+            counts: 0,
         }
+    }
+
+    #[test]
+    fn varied_validation_is_decided_from_the_slots() {
+        let v = |len, other, counts: &[usize]| Slot {
+            counts: counts_fingerprint(counts.iter().copied()),
+            ..slot(Kind::AllGatherVaried, len, other)
+        };
+        let ok = [v(1, 3, &[1, 2]), v(2, 3, &[1, 2])];
+        assert_eq!(validate(0, &ok), Ok(()));
+        // Rank 1 passed other counts: both ranks fail, rank 1 naming itself.
+        let bad = [v(1, 3, &[1, 2]), v(2, 3, &[2, 1])];
+        for me in 0..2 {
+            match validate(me, &bad) {
+                Err(CommError::Invalid {
+                    rank,
+                    op: "all_gather_varied",
+                    why,
+                }) => {
+                    assert_eq!(rank, me);
+                    let whose = if me == 1 { "this rank's" } else { "rank 1's" };
+                    assert!(why.starts_with(whose), "{why}");
+                    assert!(why.ends_with("[1, 2]"), "{why}");
+                }
+                e => panic!("{e:?}"),
+            }
+        }
+        // Rank 0's recv is short.
+        let short = [v(1, 2, &[1, 2]), v(2, 3, &[1, 2])];
+        assert_eq!(
+            validate(1, &short),
+            Err(CommError::Size {
+                rank: 1,
+                op: "all_gather_varied",
+                expected: 3,
+                got: 2
+            })
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Conformance suite for every `Communicator` engine in this crate.
 //!
-//! Each check is written once against `&dyn Communicator` and run on `LocalComm` (world 1) and
-//! on `ThreadComm` groups of 1 to 4 ranks. Expected values are computed independently here: the
-//! reductions fold the ranks' inputs in rank order, and results are compared bit for bit.
+//! The cases live in `suite/mod.rs`, written once against `&dyn Communicator`; here they run on
+//! `LocalComm` (world 1) and on `ThreadComm` groups of 1 to 4 ranks, whose sums must be
+//! bit-identical to the fold in rank order. `tests/mpi.rs` runs the same cases on `MpiComm`
+//! under `mpirun`. The misuse and failure tests below are specific to the thread engine.
+
+mod suite;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +13,7 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use lsc_comm::{CommError, Communicator, LocalComm, ReduceOp, ThreadComm, run_ranks, run_ranks_with_timeout};
+use suite::{Order, inputs, mix, reduce_in_rank_order};
 
 /// An engine and a world size: runs a closure once per rank of a fresh group.
 #[derive(Clone, Copy, Debug)]
@@ -26,9 +30,6 @@ const ENGINES: [Engine; 5] = [
     Engine::Threads(4),
 ];
 
-/// Buffer lengths: empty, fewer than the ranks, odd, and large.
-const SIZES: [usize; 6] = [0, 1, 2, 7, 1001, 1 << 20];
-
 impl Engine {
     fn world(self) -> usize {
         match self {
@@ -44,90 +45,6 @@ impl Engine {
             Engine::Threads(n) => run_ranks(n, |c| f(&c)),
         }
     }
-}
-
-/// SplitMix64: a deterministic stream for test data.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A non-integer value with a varied exponent, so sums depend on their order.
-fn value(seed: u64, rank: usize, i: usize) -> f32 {
-    let h = mix(seed ^ mix((rank as u64) << 40 ^ i as u64));
-    let unit = (h >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-    // Scaled by 2^-6 … 2^9 with exact operations only (no `powi`, which need not be exact).
-    unit * (1u32 << (h & 15)) as f32 / 64.0
-}
-
-fn inputs(seed: u64, world: usize, len: usize) -> Vec<Vec<f32>> {
-    (0..world)
-        .map(|r| (0..len).map(|i| value(seed, r, i)).collect())
-        .collect()
-}
-
-/// The elementwise reduction of `inputs` in rank order 0, 1, …
-fn reduce_in_rank_order(inputs: &[Vec<f32>], op: ReduceOp) -> Vec<f32> {
-    let mut acc = inputs[0].clone();
-    for v in &inputs[1..] {
-        for (a, &b) in acc.iter_mut().zip(v) {
-            *a = match op {
-                ReduceOp::Sum => *a + b,
-                ReduceOp::Max => a.max(b),
-            };
-        }
-    }
-    acc
-}
-
-#[track_caller]
-fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
-        panic!("{what}: element {i}: got {} want {}", got[i], want[i]);
-    }
-}
-
-// ---- the checks, written once over `&dyn Communicator` ----
-
-fn check_all_reduce(c: &dyn Communicator, inputs: &[Vec<f32>], op: ReduceOp, want: &[f32]) {
-    let mut buf = inputs[c.rank()].clone();
-    c.all_reduce(&mut buf, op).unwrap();
-    let what = format!(
-        "all_reduce {op:?} len {} rank {}/{}",
-        buf.len(),
-        c.rank(),
-        c.world_size()
-    );
-    assert_bits_eq(&buf, want, &what);
-}
-
-fn check_all_gather(c: &dyn Communicator, inputs: &[Vec<f32>], want: &[f32]) {
-    let send = &inputs[c.rank()];
-    let mut recv = vec![f32::NAN; send.len() * c.world_size()];
-    c.all_gather(send, &mut recv).unwrap();
-    assert_bits_eq(&recv, want, &format!("all_gather len {} rank {}", send.len(), c.rank()));
-}
-
-fn check_reduce_scatter(c: &dyn Communicator, inputs: &[Vec<f32>], op: ReduceOp, want: &[f32]) {
-    let send = &inputs[c.rank()];
-    let m = send.len() / c.world_size();
-    let mut recv = vec![f32::NAN; m];
-    c.reduce_scatter(send, &mut recv, op).unwrap();
-    let r = c.rank();
-    assert_bits_eq(
-        &recv,
-        &want[r * m..(r + 1) * m],
-        &format!("reduce_scatter {op:?} m {m} rank {r}"),
-    );
-}
-
-fn check_broadcast(c: &dyn Communicator, inputs: &[Vec<f32>], root: usize) {
-    let mut buf = inputs[c.rank()].clone();
-    c.broadcast(&mut buf, root).unwrap();
-    assert_bits_eq(&buf, &inputs[root], &format!("broadcast root {root} rank {}", c.rank()));
 }
 
 #[test]
@@ -147,13 +64,7 @@ fn ranks_and_backends() {
 #[test]
 fn all_reduce_sum_and_max() {
     for e in ENGINES {
-        for len in SIZES {
-            let inputs = inputs(1, e.world(), len);
-            for op in [ReduceOp::Sum, ReduceOp::Max] {
-                let want = reduce_in_rank_order(&inputs, op);
-                e.run(|c| check_all_reduce(c, &inputs, op, &want));
-            }
-        }
+        e.run(|c| suite::all_reduce_cases(c, Order::RankOrder));
     }
 }
 
@@ -161,92 +72,108 @@ fn all_reduce_sum_and_max() {
 fn all_reduce_follows_rank_order() {
     // The data makes the order visible: summing in reverse gives different bits somewhere.
     let n = 4;
-    let inputs = inputs(2, n, 4096);
+    let inputs = inputs(1, n, 4096);
     let want = reduce_in_rank_order(&inputs, ReduceOp::Sum);
     let reversed: Vec<Vec<f32>> = inputs.iter().rev().cloned().collect();
     let reversed = reduce_in_rank_order(&reversed, ReduceOp::Sum);
     assert!(want.iter().zip(&reversed).any(|(a, b)| a.to_bits() != b.to_bits()));
     // Bit-identical on every rank and from run to run.
     for _ in 0..5 {
-        Engine::Threads(n).run(|c| check_all_reduce(c, &inputs, ReduceOp::Sum, &want));
+        Engine::Threads(n).run(|c| suite::check_all_reduce(c, 1, 4096, ReduceOp::Sum, Order::RankOrder));
     }
 }
 
 #[test]
 fn all_reduce_scalar() {
     for e in ENGINES {
-        let got = e.run(|c| c.all_reduce_scalar(c.rank() as f32 + 0.5, ReduceOp::Sum).unwrap());
-        let want = (0..e.world()).fold(0.0f32, |a, r| a + r as f32 + 0.5);
-        assert!(got.iter().all(|&v| v == want), "{e:?} {got:?}");
-        let got = e.run(|c| c.all_reduce_scalar(-(c.rank() as f32), ReduceOp::Max).unwrap());
-        assert!(got.iter().all(|&v| v == 0.0), "{e:?} {got:?}");
+        e.run(suite::check_scalar);
     }
 }
 
 #[test]
 fn all_gather() {
     for e in ENGINES {
-        for len in SIZES {
-            let inputs = inputs(3, e.world(), len);
-            let want: Vec<f32> = inputs.concat();
-            e.run(|c| check_all_gather(c, &inputs, &want));
+        e.run(suite::all_gather_cases);
+    }
+}
+
+#[test]
+fn all_gather_varied() {
+    for e in ENGINES {
+        e.run(suite::all_gather_varied_cases);
+    }
+}
+
+#[test]
+fn all_gather_varied_default_pads() {
+    // The trait's default (padding to the largest count), used by engines without a native
+    // variable-size gather, checked through a wrapper that hides ThreadComm's override.
+    struct Plain<C>(C);
+    impl<C: Communicator> Communicator for Plain<C> {
+        fn rank(&self) -> usize {
+            self.0.rank()
         }
+        fn world_size(&self) -> usize {
+            self.0.world_size()
+        }
+        fn backend(&self) -> &'static str {
+            "plain"
+        }
+        fn all_reduce(&self, buf: &mut [f32], op: ReduceOp) -> Result<(), CommError> {
+            self.0.all_reduce(buf, op)
+        }
+        fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
+            self.0.all_gather(send, recv)
+        }
+        fn reduce_scatter(&self, send: &[f32], recv: &mut [f32], op: ReduceOp) -> Result<(), CommError> {
+            self.0.reduce_scatter(send, recv, op)
+        }
+        fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), CommError> {
+            self.0.broadcast(buf, root)
+        }
+        fn barrier(&self) -> Result<(), CommError> {
+            self.0.barrier()
+        }
+    }
+    suite::all_gather_varied_cases(&Plain(LocalComm));
+    for n in 1..=4 {
+        run_ranks(n, |c| suite::all_gather_varied_cases(&Plain(c)));
     }
 }
 
 #[test]
 fn all_gather_u32_is_exact() {
-    let specials = [
-        0u32,
-        1,
-        (1 << 24) + 1,
-        (1 << 24) + 3,
-        u32::MAX,
-        0x7fc0_0001, // quiet NaN with payload
-        0x8000_0000, // -0.0
-        123_456_789,
-    ];
     for e in ENGINES {
-        for len in [0, 1, specials.len(), 1001] {
-            let send_of = |r: usize| -> Vec<u32> {
-                (0..len)
-                    .map(|i| {
-                        if i < specials.len() {
-                            specials[(i + r) % specials.len()]
-                        } else {
-                            mix((r * len + i) as u64) as u32
-                        }
-                    })
-                    .collect()
-            };
-            let want: Vec<u32> = (0..e.world()).flat_map(send_of).collect();
-            e.run(|c| assert_eq!(c.all_gather_u32(&send_of(c.rank())).unwrap(), want, "{e:?} len {len}"));
-        }
+        e.run(suite::u32_cases);
     }
 }
 
 #[test]
 fn reduce_scatter_sum_and_max() {
     for e in ENGINES {
-        for m in [0, 1, 2, 7, 1001, 1 << 18] {
-            let inputs = inputs(4, e.world(), m * e.world());
-            for op in [ReduceOp::Sum, ReduceOp::Max] {
-                let want = reduce_in_rank_order(&inputs, op);
-                e.run(|c| check_reduce_scatter(c, &inputs, op, &want));
-            }
-        }
+        e.run(|c| suite::reduce_scatter_cases(c, Order::RankOrder));
     }
 }
 
 #[test]
 fn broadcast_from_every_root() {
     for e in ENGINES {
-        for len in SIZES {
-            let inputs = inputs(5, e.world(), len);
-            for root in 0..e.world() {
-                e.run(|c| check_broadcast(c, &inputs, root));
-            }
-        }
+        e.run(suite::broadcast_cases);
+    }
+}
+
+#[test]
+fn bf16_and_f16_collectives() {
+    for e in ENGINES {
+        e.run(|c| suite::half_cases(c, Order::RankOrder));
+    }
+}
+
+/// The whole suite in one sequence, as the MPI and NCCL runs execute it.
+#[test]
+fn whole_suite_in_sequence() {
+    for e in [Engine::Local, Engine::Threads(3)] {
+        e.run(|c| suite::run_all(c, Order::RankOrder));
     }
 }
 
@@ -365,6 +292,58 @@ fn size_mismatch_fails_on_every_rank() {
                     op: "reduce_scatter",
                     expected: 3 * n,
                     got: 3 * n + 1
+                }
+            );
+        }
+        // all_gather_varied: the last rank sends one element more than the counts say; then
+        // rank 0 passes other counts than the rest. Every rank fails, naming itself.
+        let counts: Vec<usize> = (0..n).collect();
+        let errs = run_prompt(n, |c| {
+            let extra = usize::from(c.rank() == n - 1);
+            let send = vec![1.0; counts[c.rank()] + extra];
+            let mut recv = vec![0.0; counts.iter().sum()];
+            c.all_gather_varied(&send, &counts, &mut recv).unwrap_err()
+        });
+        for (r, e) in errs.into_iter().enumerate() {
+            assert!(
+                matches!(&e, CommError::Invalid { rank, op: "all_gather_varied", why } if *rank == r && why.contains("counts disagree")),
+                "{e}"
+            );
+        }
+        let errs = run_prompt(n, |c| {
+            let mut mine = counts.clone();
+            if c.rank() == 0 {
+                mine.swap(0, n - 1);
+            }
+            let send = vec![1.0; mine[c.rank()]];
+            let mut recv = vec![0.0; mine.iter().sum()];
+            c.all_gather_varied(&send, &mine, &mut recv).unwrap_err()
+        });
+        assert!(
+            errs.iter().all(|e| matches!(
+                e,
+                CommError::Invalid {
+                    op: "all_gather_varied",
+                    ..
+                }
+            )),
+            "{errs:?}"
+        );
+        // A recv of the wrong length.
+        let errs = run_prompt(n, |c| {
+            let total: usize = counts.iter().sum();
+            let recv_len = if c.rank() == 0 { total + 1 } else { total };
+            c.all_gather_varied(&vec![1.0; counts[c.rank()]], &counts, &mut vec![0.0; recv_len])
+                .unwrap_err()
+        });
+        for (r, e) in errs.into_iter().enumerate() {
+            assert_eq!(
+                e,
+                CommError::Size {
+                    rank: r,
+                    op: "all_gather_varied",
+                    expected: counts.iter().sum(),
+                    got: counts.iter().sum::<usize>() + 1
                 }
             );
         }
@@ -622,22 +601,19 @@ fn interleaving_stress() {
                     _ => {}
                 }
                 let seed = mix(it);
-                let kind = pick % 6;
+                let kind = pick % 7;
                 match kind {
                     0 | 1 => {
                         let op = if kind == 0 { ReduceOp::Sum } else { ReduceOp::Max };
-                        let inputs = inputs(seed, n, len);
-                        check_all_reduce(c, &inputs, op, &reduce_in_rank_order(&inputs, op));
+                        suite::check_all_reduce(c, seed, len, op, Order::RankOrder);
                     }
-                    2 => {
-                        let inputs = inputs(seed, n, len);
-                        check_all_gather(c, &inputs, &inputs.concat());
+                    2 => suite::check_all_gather(c, seed, len),
+                    3 => suite::check_reduce_scatter(c, seed, len, ReduceOp::Sum, Order::RankOrder),
+                    4 => suite::check_broadcast(c, seed, len, (pick >> 20) as usize % n),
+                    5 => {
+                        let counts: Vec<usize> = (0..n).map(|q| (mix(seed ^ q as u64) % 9) as usize).collect();
+                        suite::check_all_gather_varied(c, seed, &counts);
                     }
-                    3 => {
-                        let inputs = inputs(seed, n, len * n);
-                        check_reduce_scatter(c, &inputs, ReduceOp::Sum, &reduce_in_rank_order(&inputs, ReduceOp::Sum));
-                    }
-                    4 => check_broadcast(c, &inputs(seed, n, len), (pick >> 20) as usize % n),
                     _ => c.barrier().unwrap(),
                 }
             }

@@ -43,9 +43,14 @@ pub fn pack_dataset(
     opts: &PackOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(ShardSummary, Skipped), DataError> {
+    let n = ds.len();
+    if n < shards {
+        return Err(DataError::InvalidArgument(format!(
+            "{shards} shards asked of {n} record(s): every shard needs at least one"
+        )));
+    }
     let mut writer = ShardWriter::create(out_dir, shards)?;
     let mut skipped = Skipped::default();
-    let n = ds.len();
     for start in (0..n).step_by(PACK_ROUND) {
         let end = (start + PACK_ROUND).min(n);
         let round: Vec<Result<crate::Record, DataError>> = (start..end)

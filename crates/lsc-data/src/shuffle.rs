@@ -143,6 +143,15 @@ pub fn shuffle_split(
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
+    // Bucket directories left by a run that was killed (a live run in the same directory would
+    // be racing on the same outputs anyway).
+    if let Ok(entries) = std::fs::read_dir(out_dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".lsc-shuffle-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let tmp = TempBuckets(out_dir.join(format!(".lsc-shuffle-{}-{nonce}", std::process::id())));
     std::fs::create_dir(&tmp.0).map_err(io_err(&tmp.0))?;
 
@@ -226,6 +235,11 @@ pub fn shuffle_split(
 
     // Pass 2: sort each bucket by key and deal the lines out.
     let n = opts.parts;
+    if records < n {
+        return Err(DataError::InvalidArgument(format!(
+            "--parts {n} is more than the {records} good line(s) of the inputs: every part needs at least one"
+        )));
+    }
     let per = records.div_ceil(n);
     let padded = if opts.pad { per * n - records } else { 0 };
     // First position of part r in the shuffled order (without padding: near-equal slices).
@@ -430,6 +444,10 @@ mod tests {
             num_classes: Some(2),
             ..opts.clone()
         };
+        // One good line left cannot fill two parts.
+        let e = shuffle_split(std::slice::from_ref(&input), &out, &skip, |_, _, _| {}).unwrap_err();
+        assert!(e.to_string().contains("--parts 2 is more than the 1 good line"), "{e}");
+        let skip = ShuffleOptions { parts: 1, ..skip };
         let s = shuffle_split(std::slice::from_ref(&input), &out, &skip, |_, _, _| {}).unwrap();
         assert_eq!((s.records, s.skipped.count), (1, 2));
         // An input inside the output directory is refused (stale parts could delete it).

@@ -11,8 +11,9 @@
 //! it to and from an exported model directory.
 
 pub mod arch; // defines: ResNetConfig (presets, TOML ModelSpec, validation), Summary
-mod bn; // defines: BatchNorm (2-D and 1-D)
-mod conv; // defines: Conv2d (im2col + GEMM)
+mod bn; // defines: BatchNorm (2-D and 1-D), its fused BN + PReLU (+ residual) passes
+mod buf; // defines: reshape (reuse a tensor's allocation)
+mod conv; // defines: Conv2d (Winograd F(4x4,3x3) or im2col + GEMM), set_winograd
 mod dropout; // defines: Dropout
 pub mod gradcheck; // defines: check_layer, check_backbone, finite-difference gradient checks
 pub mod inference; // defines: InferenceNet (BN folded), ExportManifest, save/load of a model dir
@@ -24,7 +25,7 @@ pub mod resnet; // defines: IResNet, IrUnit, load_named
 
 pub use arch::{ModelSpec, PRESETS, ResNetConfig, Summary};
 pub use bn::BatchNorm;
-pub use conv::Conv2d;
+pub use conv::{Conv2d, set_winograd};
 pub use dropout::Dropout;
 pub use inference::{ExportManifest, InferenceNet};
 pub use layer::{Backbone, Layer, Mode, Param};

@@ -23,12 +23,33 @@
 //! or `[1]` shared.
 
 pub use crate::arch::{ConfigError, ResNetConfig};
+use crate::bn::Epilogue;
 use crate::{Backbone, BatchNorm, Conv2d, Dropout, Layer, Linear, Mode, PRelu, Param};
 use lsc_ckpt::{Data, NamedTensor};
 use lsc_tensor::{Rng, Tensor};
 use std::collections::BTreeMap;
 
+/// Transient buffers shared by the units of a net (they run one at a time), reused from step
+/// to step: conv outputs, the shortcut branch and the gradients between layers.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    c1: Tensor,
+    c2: Tensor,
+    s: Tensor,
+    sb: Tensor,
+    g1: Tensor,
+    g2: Tensor,
+    gs: Tensor,
+    /// Eval-mode stand-ins for the units' training caches, so an eval forward leaves them be.
+    a1: Tensor,
+    p: Tensor,
+}
+
 /// One IR unit.
+///
+/// Forward runs BN2 and PReLU as one pass and BN3 with the residual sum as another; the
+/// training forward keeps only what backward reads: each BN's x̂, the two convolutions'
+/// inputs and, with a projection shortcut, the unit's input.
 pub struct IrUnit {
     pub(crate) bn1: BatchNorm,
     pub(crate) conv1: Conv2d,
@@ -37,6 +58,12 @@ pub struct IrUnit {
     pub(crate) conv2: Conv2d,
     pub(crate) bn3: BatchNorm,
     pub(crate) down: Option<(Conv2d, BatchNorm)>,
+    /// conv1's input (bn1's output) and conv2's input (PReLU's output), from the last
+    /// training forward.
+    a1: Tensor,
+    p: Tensor,
+    /// The unit's input, kept only with a projection shortcut (its conv's weight gradient).
+    x: Tensor,
 }
 
 impl IrUnit {
@@ -56,6 +83,9 @@ impl IrUnit {
             conv2: Conv2d::new(&format!("{name}.conv2"), cout, cout, 3, stride, 1, rng),
             bn3: bn("bn3", cout),
             down,
+            a1: Tensor::default(),
+            p: Tensor::default(),
+            x: Tensor::default(),
         }
     }
 
@@ -69,10 +99,66 @@ impl IrUnit {
             &mut self.bn3,
         ]
     }
-}
 
-impl Layer for IrUnit {
-    fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+    /// The unit's output into `y` (resized), with fused BN passes; in train mode it keeps
+    /// what [`IrUnit::backward_into`] needs.
+    pub(crate) fn forward_into(&mut self, x: &Tensor, mode: Mode, sc: &mut Scratch, y: &mut Tensor) {
+        let train = mode == Mode::Train;
+        let (a1, p) = if train {
+            (&mut self.a1, &mut self.p)
+        } else {
+            (&mut sc.a1, &mut sc.p)
+        };
+        self.bn1.forward_fused(x, mode, Epilogue::default(), a1);
+        self.conv1.infer_into(a1, &mut sc.c1);
+        let act = Epilogue {
+            prelu: Some(self.prelu.weight.value.data()),
+            res: None,
+        };
+        self.bn2.forward_fused(&sc.c1, mode, act, p);
+        self.conv2.infer_into(p, &mut sc.c2);
+        let res = match &mut self.down {
+            Some((c, b)) => {
+                c.infer_into(x, &mut sc.s);
+                b.forward_fused(&sc.s, mode, Epilogue::default(), &mut sc.sb);
+                if train {
+                    self.x.clone_from(x);
+                }
+                &sc.sb
+            }
+            None => x,
+        };
+        let sum = Epilogue {
+            prelu: None,
+            res: Some(res),
+        };
+        self.bn3.forward_fused(&sc.c2, mode, sum, y);
+    }
+
+    /// Backward from dL/dy of the last training forward: accumulates every parameter
+    /// gradient and writes dL/dx into `dx` (resized).
+    pub(crate) fn backward_into(&mut self, dy: &Tensor, sc: &mut Scratch, dx: &mut Tensor) {
+        // The shortcut's gradient first, so that bn1's backward adds it in its own pass.
+        let short = match &mut self.down {
+            Some((c, b)) => {
+                b.backward_fused(dy, None, None, &mut sc.g1);
+                c.backward_from(&self.x, &sc.g1, Some(&mut sc.gs));
+                &sc.gs
+            }
+            None => dy,
+        };
+        self.bn3.backward_fused(dy, None, None, &mut sc.g1);
+        self.conv2.backward_from(&self.p, &sc.g1, Some(&mut sc.g2));
+        self.bn2
+            .backward_fused(&sc.g2, Some(&mut self.prelu.weight), None, &mut sc.g1);
+        self.conv1.backward_from(&self.a1, &sc.g1, Some(&mut sc.g2));
+        self.bn1.backward_fused(&sc.g2, None, Some(short), dx);
+    }
+
+    /// The same unit computed layer by layer through each layer's own [`Layer`] forward (no
+    /// fused passes): the specification the fused forward is tested against.
+    #[cfg(test)]
+    pub(crate) fn forward_unfused(&mut self, x: &Tensor, mode: Mode) -> Tensor {
         let mut h = x.clone();
         for l in self.layers() {
             h = l.forward(&h, mode);
@@ -84,25 +170,22 @@ impl Layer for IrUnit {
             }
             None => x.clone(),
         };
-        let _t = crate::profile::scope("add", 0.0);
         h.add_assign(&short).expect("IR unit: branch shapes agree");
         h
     }
+}
+
+impl Layer for IrUnit {
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+        let mut y = Tensor::default();
+        self.forward_into(x, mode, &mut Scratch::default(), &mut y);
+        y
+    }
 
     fn backward(&mut self, dy: &Tensor) -> Tensor {
-        let mut d = dy.clone();
-        for l in self.layers().into_iter().rev() {
-            d = l.backward(&d);
-        }
-        let ds = match &mut self.down {
-            Some((c, b)) => {
-                let s = b.backward(dy);
-                c.backward(&s)
-            }
-            None => dy.clone(),
-        };
-        d.add_assign(&ds).expect("IR unit: gradient shapes agree");
-        d
+        let mut dx = Tensor::default();
+        self.backward_into(dy, &mut Scratch::default(), &mut dx);
+        dx
     }
 
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
@@ -137,6 +220,11 @@ pub struct IResNet {
     pub(crate) fc: Linear,
     pub(crate) features: BatchNorm,
     flat_shape: Vec<usize>,
+    /// The input of the last training forward (the stem conv's weight gradient).
+    x: Tensor,
+    /// Unit outputs and gradients, ping-ponged between units; reused from step to step.
+    acts: [Tensor; 2],
+    sc: Scratch,
 }
 
 impl IResNet {
@@ -171,6 +259,9 @@ impl IResNet {
             fc: Linear::new("fc", cin * oh * ow, cfg.emb_dim, &mut rng),
             features: bn("features", cfg.emb_dim),
             flat_shape: Vec::new(),
+            x: Tensor::default(),
+            acts: [Tensor::default(), Tensor::default()],
+            sc: Scratch::default(),
         })
     }
 
@@ -187,6 +278,31 @@ impl IResNet {
     pub fn freeze_dropout(&mut self, on: bool) {
         self.dropout.freeze_mask = on;
     }
+
+    /// The embedding head from the last unit's output.
+    fn head_forward(&mut self, t: &Tensor, mode: Mode) -> Tensor {
+        let t = self.bn2.forward(t, mode);
+        let t = self.dropout.forward(&t, mode);
+        self.flat_shape = t.shape().to_vec();
+        let n = t.dim(0);
+        let flat = t.numel() / n.max(1);
+        let t = t.reshape(&[n, flat]).expect("flatten keeps the element count");
+        let e = self.fc.forward(&t, mode);
+        self.features.forward(&e, mode)
+    }
+
+    /// The same network computed layer by layer through each layer's own [`Layer`] forward
+    /// (no fused passes, no reused buffers): what the fused forward is tested against.
+    #[cfg(test)]
+    pub(crate) fn forward_unfused(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+        let mut t = self.conv1.forward(x, mode);
+        t = self.bn1.forward(&t, mode);
+        t = self.prelu.forward(&t, mode);
+        for u in &mut self.units {
+            t = u.forward_unfused(&t, mode);
+        }
+        self.head_forward(&t, mode)
+    }
 }
 
 impl Layer for IResNet {
@@ -197,34 +313,47 @@ impl Layer for IResNet {
             "IResNet: expected input [N, 3, {h}, {w}], got {:?}",
             x.shape()
         );
-        let mut t = self.conv1.forward(x, mode);
-        t = self.bn1.forward(&t, mode);
-        t = self.prelu.forward(&t, mode);
-        for u in &mut self.units {
-            t = u.forward(&t, mode);
+        if mode == Mode::Train {
+            self.x.clone_from(x);
         }
-        t = self.bn2.forward(&t, mode);
-        t = self.dropout.forward(&t, mode);
-        self.flat_shape = t.shape().to_vec();
-        let n = t.dim(0);
-        let flat = t.numel() / n.max(1);
-        let t = t.reshape(&[n, flat]).expect("flatten keeps the element count");
-        let e = self.fc.forward(&t, mode);
-        self.features.forward(&e, mode)
+        let [a, b] = &mut self.acts;
+        let (mut cur, mut next) = (a, b);
+        self.conv1.infer_into(x, &mut self.sc.c1);
+        let act = Epilogue {
+            prelu: Some(self.prelu.weight.value.data()),
+            res: None,
+        };
+        self.bn1.forward_fused(&self.sc.c1, mode, act, cur);
+        for u in &mut self.units {
+            u.forward_into(cur, mode, &mut self.sc, next);
+            std::mem::swap(&mut cur, &mut next);
+        }
+        // After an even number of units the output is in acts[0], else in acts[1].
+        let last = self.units.len() % 2;
+        let t = std::mem::take(&mut self.acts[last]);
+        let e = self.head_forward(&t, mode);
+        self.acts[last] = t;
+        e
     }
 
     fn backward(&mut self, d_emb: &Tensor) -> Tensor {
         let d = self.features.backward(d_emb);
         let d = self.fc.backward(&d);
         let d = d.reshape(&self.flat_shape).expect("unflatten keeps the element count");
-        let mut d = self.dropout.backward(&d);
-        d = self.bn2.backward(&d);
+        let d = self.dropout.backward(&d);
+        let [a, b] = &mut self.acts;
+        let (mut cur, mut next) = (a, b);
+        *cur = self.bn2.backward(&d);
         for u in self.units.iter_mut().rev() {
-            d = u.backward(&d);
+            u.backward_into(cur, &mut self.sc, next);
+            std::mem::swap(&mut cur, &mut next);
         }
-        d = self.prelu.backward(&d);
-        d = self.bn1.backward(&d);
-        self.conv1.backward(&d)
+        self.bn1
+            .backward_fused(cur, Some(&mut self.prelu.weight), None, &mut self.sc.g1);
+        let mut dx = Tensor::default();
+        let want = self.conv1.input_grad;
+        self.conv1.backward_from(&self.x, &self.sc.g1, want.then_some(&mut dx));
+        dx
     }
 
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
@@ -372,6 +501,96 @@ mod tests {
             rtol: 3e-2,
             max_checks: 12,
             seed: 1,
+        };
+        check_layer(&mut net, &x, &opts).unwrap();
+    }
+
+    /// Widths of 16 on 8×8 planes: the 3×3 stride-1 convolutions take the Winograd path.
+    fn wide() -> ResNetConfig {
+        ResNetConfig {
+            units: vec![1, 1],
+            widths: vec![16, 16],
+            strides: vec![1, 2],
+            emb_dim: 6,
+            input_size: [8, 8],
+            dropout: 0.0,
+            prelu: PreluMode::PerChannel,
+            bn_eps: 2e-5,
+            bn_momentum: 0.1,
+        }
+    }
+
+    /// Random BN affine parameters and statistics, PReLU slopes of both signs' sizes.
+    fn randomize(net: &mut IResNet, seed: u64) {
+        let mut rng = Rng::new(seed);
+        Layer::visit_params(net, &mut |p| {
+            let n = p.value.numel();
+            if p.name.ends_with("prelu.weight") {
+                p.value = Tensor::uniform(p.value.shape(), 0.1, 0.5, &mut rng);
+            } else if n == p.value.dim(0) && !p.name.starts_with("fc.") {
+                let lo = if p.name.ends_with(".weight") { 0.5 } else { -0.3 };
+                p.value = Tensor::uniform(p.value.shape(), lo, lo + 1.0, &mut rng);
+            }
+        });
+        Layer::visit_buffers(net, &mut |name, t| {
+            *t = if name.ends_with("running_var") {
+                Tensor::uniform(t.shape(), 0.5, 1.5, &mut rng)
+            } else {
+                Tensor::randn(t.shape(), 0.2, &mut rng)
+            };
+        });
+    }
+
+    #[test]
+    fn fused_forward_matches_the_layer_by_layer_forward() {
+        for cfg in [tiny(), wide()] {
+            let mut cfg = cfg;
+            cfg.dropout = 0.0;
+            let mut a = IResNet::new(&cfg, 4).unwrap();
+            randomize(&mut a, 5);
+            let mut b = IResNet::new(&cfg, 4).unwrap();
+            randomize(&mut b, 5);
+            let [h, w] = cfg.input_size;
+            let x = Tensor::randn(&[3, 3, h, w], 1.0, &mut Rng::new(6));
+            for mode in [Mode::Eval, Mode::Train, Mode::Eval] {
+                let fused = Layer::forward(&mut a, &x, mode);
+                let plain = b.forward_unfused(&x, mode);
+                let d = fused
+                    .data()
+                    .iter()
+                    .zip(plain.data())
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0f32, f32::max);
+                let scale = plain.data().iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+                assert!(
+                    d <= 1e-4 * scale.max(1.0),
+                    "{mode:?} {:?}: max difference {d}",
+                    cfg.widths
+                );
+            }
+            // The training forwards updated both nets' running statistics alike.
+            let (mut ra, mut rb) = (Vec::new(), Vec::new());
+            Layer::visit_buffers(&mut a, &mut |_, t| ra.extend_from_slice(t.data()));
+            Layer::visit_buffers(&mut b, &mut |_, t| rb.extend_from_slice(t.data()));
+            for (p, q) in ra.iter().zip(&rb) {
+                assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "running statistic {p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_network_backward_matches_finite_differences() {
+        let mut net = IResNet::new(&wide(), 7).unwrap();
+        assert!(net.units[0].conv1.uses_winograd(8, 8) && net.units[0].conv2.uses_winograd(8, 8));
+        net.set_input_grad(true);
+        soften_kinks(&mut net);
+        let x = Tensor::randn(&[2, 3, 8, 8], 1.0, &mut Rng::new(8));
+        let opts = CheckOptions {
+            eps: 2e-3,
+            atol: 5e-3,
+            rtol: 3e-2,
+            max_checks: 8,
+            seed: 2,
         };
         check_layer(&mut net, &x, &opts).unwrap();
     }

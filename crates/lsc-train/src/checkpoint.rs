@@ -47,6 +47,9 @@ pub struct Position {
     pub epoch_losses: Vec<f32>,
     pub loss_sum: f64,
     pub loss_count: u64,
+    /// The global batch (per-rank batch × ranks) the run had: mid-epoch, `step_in_epoch`
+    /// counts global batches of this size (0: not recorded).
+    pub global_batch: u64,
 }
 
 fn ck(e: lsc_ckpt::CkptError) -> TrainError {
@@ -100,7 +103,7 @@ pub fn save(
         let state = vec![
             NamedTensor {
                 name: "trainer.position".into(),
-                shape: vec![6],
+                shape: vec![7],
                 data: Data::U64(vec![
                     pos.step,
                     pos.epoch,
@@ -108,6 +111,7 @@ pub fn save(
                     pos.skipped,
                     pos.loss_sum.to_bits(),
                     pos.loss_count,
+                    pos.global_batch,
                 ]),
             },
             NamedTensor::f32(
@@ -311,7 +315,21 @@ fn f32s(t: &NamedTensor) -> Vec<f32> {
 /// The parts of the config a checkpoint must agree on to be resumed.
 fn compatible(saved: &Config, cfg: &Config) -> Result<(), String> {
     if saved.model != cfg.model {
-        return Err("its [model] differs from this config's".into());
+        // Name the keys that differ.
+        let table = |c: &Config| toml::Value::try_from(&c.model).ok().and_then(|v| v.as_table().cloned());
+        let (a, b) = (table(saved).unwrap_or_default(), table(cfg).unwrap_or_default());
+        let keys: Vec<String> = a
+            .keys()
+            .chain(b.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| {
+                let show = |v: Option<&toml::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+                format!("model.{k} = {} there, {} here", show(a.get(k)), show(b.get(k)))
+            })
+            .collect();
+        return Err(format!("its [model] differs from this config's: {}", keys.join("; ")));
     }
     if saved.head.loss != cfg.head.loss || saved.head.bias != cfg.head.bias {
         return Err(format!(
@@ -427,10 +445,21 @@ pub fn load(
     // Where training stands.
     let (tt, _) = read_safetensors(&dir.join(TRAINER)).map_err(ck)?;
     let p = match tt.get("trainer.position").map(|t| &t.data) {
-        Some(Data::U64(v)) if v.len() == 6 => v.clone(),
+        Some(Data::U64(v)) if v.len() == 6 || v.len() == 7 => v.clone(),
         _ => return Err(bad(format!("{TRAINER}: no trainer.position"))),
     };
     let losses = tt.get("trainer.epoch_losses").map(f32s).unwrap_or_default();
+    // Mid-epoch, the position counts global batches into the epoch's order: it names the same
+    // samples only with the same global batch.
+    let was = p.get(6).copied().unwrap_or(0);
+    let now = (cfg.data.batch_size * world) as u64;
+    if p[2] > 0 && was > 0 && was != now {
+        return Err(bad(format!(
+            "it stopped {} steps into an epoch with a global batch of {was}; resuming mid-epoch needs the \
+             same global batch, and this run has {now} (data.batch_size {} × {world} ranks)",
+            p[2], cfg.data.batch_size
+        )));
+    }
     Ok((
         dir,
         Position {
@@ -440,6 +469,7 @@ pub fn load(
             skipped: p[3],
             loss_sum: f64::from_bits(p[4]),
             loss_count: p[5],
+            global_batch: was,
             epoch_losses: losses,
         },
     ))

@@ -13,4 +13,4 @@ mod trainer; // defines: train, train_rank, evaluate, TrainError
 
 pub use config::{Config, ConfigError, DEFAULTS, DataConfig, TrainConfig};
 pub use progress::{Progress, Summary};
-pub use trainer::{BackboneFactory, TrainError, default_backbone, evaluate, train, train_with};
+pub use trainer::{BackboneFactory, TrainError, default_backbone, evaluate, train, train_on, train_with};

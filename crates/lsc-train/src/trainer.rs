@@ -169,24 +169,11 @@ pub fn default_backbone(cfg: &Config) -> Result<Box<dyn Backbone>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Trains with `cfg.train.ranks` ranks (threads) and returns rank 0's summary.
-/// Progress goes to stderr unless `quiet`.
-pub fn train(cfg: &Config, quiet: bool) -> Result<Summary, TrainError> {
-    train_with(cfg, quiet, &default_backbone)
-}
+/// Opens the training set (cut to `data.limit`) and the checked test set for `n` ranks.
+/// The training set and the optional test set.
+type DataSets = (Arc<dyn Dataset>, Option<Arc<dyn Dataset>>);
 
-/// [`train`] with a backbone of the caller's: `make` builds each rank's copy. Its
-/// `input_shape()` must be `[3, H, W]` with `[H, W] = model.input_size` (what the loader
-/// produces) and its `emb_dim()` must be `model.emb_dim`.
-pub fn train_with(cfg: &Config, quiet: bool, make: &BackboneFactory) -> Result<Summary, TrainError> {
-    cfg.validate()?;
-    let n = cfg.train.ranks;
-    if n > MAX_THREAD_RANKS {
-        return Err(TrainError::Config(ConfigError::Invalid(format!(
-            "train.ranks: {n} thread ranks is more than the {MAX_THREAD_RANKS} one process runs"
-        ))));
-    }
-    let timeout = lsc_comm::timeout_from_env().map_err(TrainError::Other)?;
+fn open_data(cfg: &Config, n: usize) -> Result<DataSets, TrainError> {
     let classes = cfg.data.num_classes;
     let mut train_ds: Arc<dyn Dataset> = open("train", &cfg.data.train, classes)?;
     if cfg.data.limit > 0 {
@@ -221,6 +208,28 @@ pub fn train_with(cfg: &Config, quiet: bool, make: &BackboneFactory) -> Result<S
         }
         Some(ds)
     };
+    Ok((train_ds, test_ds))
+}
+
+/// Trains with `cfg.train.ranks` ranks (threads) and returns rank 0's summary.
+/// Progress goes to stderr unless `quiet`.
+pub fn train(cfg: &Config, quiet: bool) -> Result<Summary, TrainError> {
+    train_with(cfg, quiet, &default_backbone)
+}
+
+/// [`train`] with a backbone of the caller's: `make` builds each rank's copy. Its
+/// `input_shape()` must be `[3, H, W]` with `[H, W] = model.input_size` (what the loader
+/// produces) and its `emb_dim()` must be `model.emb_dim`.
+pub fn train_with(cfg: &Config, quiet: bool, make: &BackboneFactory) -> Result<Summary, TrainError> {
+    cfg.validate()?;
+    let n = cfg.train.ranks;
+    if n > MAX_THREAD_RANKS {
+        return Err(TrainError::Config(ConfigError::Invalid(format!(
+            "train.ranks: {n} thread ranks is more than the {MAX_THREAD_RANKS} one process runs"
+        ))));
+    }
+    let timeout = lsc_comm::timeout_from_env().map_err(TrainError::Other)?;
+    let (train_ds, test_ds) = open_data(cfg, n)?;
     if n == 1 {
         let mut p = Progress::new(cfg.train.log_every, quiet);
         return train_rank(cfg, make, &LocalComm, train_ds, test_ds, Some(&mut p));
@@ -252,6 +261,24 @@ pub fn train_with(cfg: &Config, quiet: bool, make: &BackboneFactory) -> Result<S
         (None, Some(s)) => Ok(s),
         (None, None) => Err(TrainError::Other("rank 0 produced no summary".into())),
     }
+}
+
+/// Trains one rank on `comm`, a communicator whose other ranks run this same call in other
+/// processes (MPI, NCCL), and returns this rank's summary. `cfg.train.ranks` is taken as
+/// `comm.world_size()`; progress goes to stderr on rank 0 only, unless `quiet`.
+pub fn train_on(
+    cfg: &Config,
+    quiet: bool,
+    make: &BackboneFactory,
+    comm: &dyn Communicator,
+) -> Result<Summary, TrainError> {
+    let mut cfg = cfg.clone();
+    cfg.train.ranks = comm.world_size();
+    cfg.validate()?;
+    let (train_ds, test_ds) = open_data(&cfg, comm.world_size())?;
+    let mut p = Progress::new(cfg.train.log_every, quiet);
+    let progress = (comm.rank() == 0).then_some(&mut p);
+    train_rank(&cfg, make, comm, train_ds, test_ds, progress)
 }
 
 /// Flattens every backbone gradient into `buf`, sums it over ranks, and writes it back.
@@ -332,6 +359,18 @@ fn train_rank(
     let mut pos = Position::default();
     if !cfg.train.resume.as_os_str().is_empty() {
         let (dir, p) = checkpoint::load(cfg, comm, net.as_mut(), &mut opt_net, &mut head)?;
+        if p.step_in_epoch as usize >= steps_per_epoch {
+            return Err(TrainError::Other(format!(
+                "checkpoint {}: it stopped {} steps into epoch {}, but this run has only {steps_per_epoch} steps \
+                 per epoch ({} records in global batches of {}): resume with the data and global batch it was \
+                 saved with",
+                dir.display(),
+                p.step_in_epoch,
+                p.epoch + 1,
+                train_ds.len(),
+                bs * world
+            )));
+        }
         if let Some(pr) = progress.as_deref_mut() {
             pr.line(&format!(
                 "resumed from {} at step {} (epoch {}, step {} of it)",
@@ -466,6 +505,7 @@ fn train_rank(
                     epoch_losses: epoch_losses.clone(),
                     loss_sum: sum,
                     loss_count: cnt as u64,
+                    global_batch: (bs * world) as u64,
                 };
                 let dir = checkpoint::save(cfg, comm, net.as_mut(), &opt_net, &head, &at)?;
                 if let (Some(p), Some(d)) = (progress.as_deref_mut(), dir) {
@@ -524,6 +564,7 @@ fn train_rank(
                 epoch_losses: epoch_losses.clone(),
                 loss_sum: 0.0,
                 loss_count: 0,
+                global_batch: (bs * world) as u64,
             };
             let dir = checkpoint::save(cfg, comm, net.as_mut(), &opt_net, &head, &at)?;
             if let (Some(p), Some(d)) = (progress.as_deref_mut(), dir) {

@@ -66,3 +66,83 @@ pub fn conv2d_ref(x: &[f32], w: &[f32], n: usize, g: &super::ConvGeom, co: usize
     }
     out
 }
+
+/// Winograd F(4×4, 3×3) as written in the paper, one 4×4 tile at a time, in f64: the
+/// specification of [`super::conv3x3_winograd`] (3×3, stride 1, padding 1; the output has
+/// the input's `h × w`). Input `[n, cin, h, w]`, weight `[cout, cin, 3, 3]`.
+pub fn winograd_ref(x: &[f32], w: &[f32], n: usize, cin: usize, h: usize, wd: usize, cout: usize) -> Vec<f32> {
+    use super::winograd::{AT, BT, G};
+    let mut out = vec![0.0f32; n * cout * h * wd];
+    // U = G g Gᵀ for every kernel.
+    let mut u = vec![[[0.0f64; 6]; 6]; cout * cin];
+    for (k, uk) in u.iter_mut().enumerate() {
+        let g = &w[k * 9..k * 9 + 9];
+        for i in 0..6 {
+            for j in 0..6 {
+                let mut s = 0.0f64;
+                for a in 0..3 {
+                    for b in 0..3 {
+                        s += G[i][a] as f64 * g[a * 3 + b] as f64 * G[j][b] as f64;
+                    }
+                }
+                uk[i][j] = s;
+            }
+        }
+    }
+    for b in 0..n {
+        for ty in 0..h.div_ceil(4) {
+            for tx in 0..wd.div_ceil(4) {
+                // V = Bᵀ d B per input channel.
+                let mut v = vec![[[0.0f64; 6]; 6]; cin];
+                for (ci, vc) in v.iter_mut().enumerate() {
+                    let mut d = [[0.0f64; 6]; 6];
+                    for (r, dr) in d.iter_mut().enumerate() {
+                        for (c, dv) in dr.iter_mut().enumerate() {
+                            let (iy, ix) = ((4 * ty + r) as isize - 1, (4 * tx + c) as isize - 1);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                *dv = x[((b * cin + ci) * h + iy as usize) * wd + ix as usize] as f64;
+                            }
+                        }
+                    }
+                    for i in 0..6 {
+                        for j in 0..6 {
+                            let mut s = 0.0;
+                            for r in 0..6 {
+                                for c in 0..6 {
+                                    s += BT[i][r] as f64 * d[r][c] * BT[j][c] as f64;
+                                }
+                            }
+                            vc[i][j] = s;
+                        }
+                    }
+                }
+                for co in 0..cout {
+                    let mut m = [[0.0f64; 6]; 6];
+                    for ci in 0..cin {
+                        for i in 0..6 {
+                            for j in 0..6 {
+                                m[i][j] += u[co * cin + ci][i][j] * v[ci][i][j];
+                            }
+                        }
+                    }
+                    for r in 0..4 {
+                        for q in 0..4 {
+                            let (oy, ox) = (4 * ty + r, 4 * tx + q);
+                            if oy >= h || ox >= wd {
+                                continue;
+                            }
+                            let mut s = 0.0;
+                            for i in 0..6 {
+                                for j in 0..6 {
+                                    s += AT[r][i] as f64 * m[i][j] * AT[q][j] as f64;
+                                }
+                            }
+                            out[((b * cout + co) * h + oy) * wd + ox] = s as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
