@@ -232,7 +232,27 @@ impl Drop for Progress {
     }
 }
 
-fn pack(mut parser: lexopt::Parser) -> Result<()> {
+/// Runs a tool that writes into `--out`: when it fails and `--out` did not exist before, the
+/// directory it made is removed again if it is empty, so a failed run leaves nothing behind.
+fn leaving_nothing(
+    run: impl FnOnce(lexopt::Parser, &mut Option<(PathBuf, bool)>) -> Result<()>,
+    parser: lexopt::Parser,
+) -> Result<()> {
+    let mut out = None;
+    let r = run(parser, &mut out);
+    if r.is_err()
+        && let Some((dir, false)) = out
+    {
+        let _ = std::fs::remove_dir(dir);
+    }
+    r
+}
+
+fn pack(parser: lexopt::Parser) -> Result<()> {
+    leaving_nothing(pack_into, parser)
+}
+
+fn pack_into(mut parser: lexopt::Parser, seen: &mut Option<(PathBuf, bool)>) -> Result<()> {
     let mut format: Option<String> = None;
     let mut src: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;
@@ -265,6 +285,7 @@ fn pack(mut parser: lexopt::Parser) -> Result<()> {
     }
     let format = format.ok_or_else(|| anyhow!("missing --format\n\n{PACK_USAGE}"))?;
     let out = out.ok_or_else(|| anyhow!("missing --out\n\n{PACK_USAGE}"))?;
+    *seen = Some((out.clone(), out.exists()));
     if format == "fashion-mnist" {
         let src = src.unwrap_or_else(|| PathBuf::from(lsc_data::pack::DEBIAN_FASHION_MNIST));
         let summary = lsc_data::pack::fashion_mnist(&src, &out, per_class, shards, quality)
@@ -464,7 +485,11 @@ fn print_stats(path: &Path, report: &VerifyReport, bad: usize) {
     }
 }
 
-fn shuffle_split(mut parser: lexopt::Parser) -> Result<()> {
+fn shuffle_split(parser: lexopt::Parser) -> Result<()> {
+    leaving_nothing(shuffle_split_into, parser)
+}
+
+fn shuffle_split_into(mut parser: lexopt::Parser, seen: &mut Option<(PathBuf, bool)>) -> Result<()> {
     let usage = SHUFFLE_USAGE;
     let mut inputs: Vec<PathBuf> = Vec::new();
     let mut seed: Option<u64> = None;
@@ -498,6 +523,7 @@ fn shuffle_split(mut parser: lexopt::Parser) -> Result<()> {
     opts.seed = seed.ok_or_else(|| anyhow!("missing --seed\n\n{usage}"))?;
     opts.parts = parts.ok_or_else(|| anyhow!("missing --parts\n\n{usage}"))?;
     let out = out.ok_or_else(|| anyhow!("missing --out\n\n{usage}"))?;
+    *seen = Some((out.clone(), out.exists()));
     if inputs.is_empty() {
         bail!("missing INPUT\n\n{usage}");
     }

@@ -112,6 +112,9 @@ pub enum RecordError {
     // PLSC image-folder lists (`label.txt`, see `imagelist`): the location is `label.txt:line`.
     #[error("expected `<relative path> <label>`: {0}")]
     ListLine(String),
+    // Image folders (see `folder`): the location is the class folder.
+    #[error("a class folder with no .jpg, .jpeg or .png image (every subfolder is a class; remove it or add images)")]
+    EmptyClassFolder,
     #[error("cannot read image {}: {source}", path.display())]
     ImageFile {
         path: PathBuf,

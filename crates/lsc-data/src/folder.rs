@@ -74,7 +74,7 @@ impl ImageFolder {
             if entries.len() == before {
                 return Err(DataError::Record {
                     location: path.display().to_string(),
-                    kind: RecordError::ListLine("a class folder with no .jpg, .jpeg or .png image".into()),
+                    kind: RecordError::EmptyClassFolder,
                 });
             }
             classes.push(name);
