@@ -627,8 +627,16 @@ pub fn read_pair_list(list: &Path, root: &Path) -> Result<VerificationSet, DataE
             other => return Err(bad(format!("issame `{}` is not 0 or 1", crate::shards::shorten(other)))),
         };
         for rel in [a, b] {
-            let path = root.join(rel.trim());
+            let rel = Path::new(rel.trim());
+            if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return Err(bad(format!(
+                    "image path {} must be relative to the image root, without `..`",
+                    rel.display()
+                )));
+            }
+            let path = root.join(rel);
             let img = std::fs::read(&path).map_err(|e| bad(format!("cannot read image {}: {e}", path.display())))?;
+            crate::image_size(&img).map_err(|e| bad(format!("{}: {e}", path.display())))?;
             set.images.push(img);
         }
         set.issame.push(same);

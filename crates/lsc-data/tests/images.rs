@@ -342,6 +342,8 @@ fn pair_list_errors_name_the_line() {
         ),
         ("images/img0.jpg\timages/img1.jpg\tyes\n", 1, "is not 0 or 1"),
         ("\n\nimages/img0.jpg\timages/nope.jpg\t0\n", 3, "cannot read image"),
+        ("images/img0.jpg\t../imagelist/label.txt\t0\n", 1, "without `..`"),
+        ("images/img0.jpg\tlabel.txt\t0\n", 1, "label.txt: "),
     ];
     for (text, line, what) in cases {
         let list = tmp.0.join("pairs.txt");
