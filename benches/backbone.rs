@@ -6,7 +6,7 @@
 //! per layer type, each against the plain GEMM rate on that layer type's shapes, measured in
 //! the same run. Ends with one JSON line.
 
-use lsc_benches::{JsonLine, peak_rss_mb};
+use lsc_benches::{Flags, JsonLine, peak_rss_mb};
 use lsc_nn::{Backbone, IResNet, InferenceNet, Mode, ResNetConfig, profile};
 use lsc_optim::Sgd;
 use lsc_tensor::cpu::{Par, Trans, matmul};
@@ -43,25 +43,19 @@ fn parse() -> Result<Args, String> {
         winograd: true,
         convs: false,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--bench" {
-            continue; // added by `cargo bench`
-        }
-        let mut val = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
-        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
+    let mut f = Flags::from_env(USAGE);
+    while let Some(flag) = f.next() {
         match flag.as_str() {
-            "--model" => a.model = val()?,
-            "--batch" => a.batch = num(val()?)?,
-            "--steps" => a.steps = num(val()?)?,
-            "--warmup" => a.warmup = num(val()?)?,
-            "--threads" => a.threads = num(val()?)?,
+            "--model" => a.model = f.string()?,
+            "--batch" => a.batch = f.value()?,
+            "--steps" => a.steps = f.value()?,
+            "--warmup" => a.warmup = f.value()?,
+            "--threads" => a.threads = f.value()?,
             "--infer-only" => a.infer_only = true,
             "--profile" => a.profile = true,
             "--no-winograd" => a.winograd = false,
             "--convs" => a.convs = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            o => return Err(format!("unknown flag {o}\n{USAGE}")),
+            _ => return Err(f.unknown()),
         }
     }
     if a.batch == 0 || a.steps == 0 {

@@ -5,7 +5,7 @@
 //! head file, then fsync) and a plain write of the head's bytes from memory (`write_all`, then
 //! fsync), both timed in the same run. Medians over `--reps`; ends with one JSON line.
 
-use lsc_benches::{JsonLine, args_or_exit, median_secs, peak_rss_mb};
+use lsc_benches::{Flags, JsonLine, args_or_exit, median_secs, peak_rss_mb};
 use lsc_comm::LocalComm;
 use lsc_head::MarginSoftmax;
 use lsc_nn::IResNet;
@@ -32,21 +32,15 @@ fn parse() -> Result<Args, String> {
         reps: 3,
         dir: std::env::temp_dir().join(format!("lsc-bench-ckpt-{}", std::process::id())),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--bench" {
-            continue;
-        }
-        let mut val = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
-        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}\n{USAGE}"));
+    let mut f = Flags::from_env(USAGE);
+    while let Some(flag) = f.next() {
         match flag.as_str() {
-            "--classes" => a.classes = num(val()?)?,
-            "--dim" => a.dim = num(val()?)?,
-            "--reps" => a.reps = num(val()?)?.max(1),
-            "--dtype" => a.dtype = val()?,
-            "--dir" => a.dir = val()?.into(),
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+            "--classes" => a.classes = f.value()?,
+            "--dim" => a.dim = f.value()?,
+            "--reps" => a.reps = f.value::<usize>()?.max(1),
+            "--dtype" => a.dtype = f.string()?,
+            "--dir" => a.dir = f.string()?.into(),
+            _ => return Err(f.unknown()),
         }
     }
     Ok(a)

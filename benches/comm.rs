@@ -11,7 +11,7 @@
 //! algbw·2(n−1)/n for all-reduce, algbw·(n−1)/n for all-gather and reduce-scatter, algbw for
 //! broadcast.
 
-use lsc_benches::{JsonLine, median_secs, peak_rss_mb};
+use lsc_benches::{Flags, JsonLine, median_secs, peak_rss_mb};
 use lsc_comm::{Communicator, ReduceOp, ThreadComm, run_ranks};
 use std::time::Instant;
 
@@ -45,26 +45,19 @@ fn parse() -> Result<Args, String> {
         ranks: vec![2, 4],
         reps: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--bench" {
-            continue; // added by `cargo bench`
-        }
-        let mut val = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
+    let mut f = Flags::from_env(USAGE);
+    while let Some(flag) = f.next() {
         match flag.as_str() {
-            "--sizes" => a.sizes = val()?.split(',').map(parse_size).collect::<Result<_, _>>()?,
+            "--sizes" => a.sizes = f.string()?.split(',').map(parse_size).collect::<Result<_, _>>()?,
             "--ranks" => {
-                a.ranks = val()?
+                a.ranks = f
+                    .string()?
                     .split(',')
                     .map(|v| v.trim().parse::<usize>().map_err(|e| format!("--ranks {v}: {e}")))
                     .collect::<Result<_, _>>()?
             }
-            "--reps" => {
-                let v = val()?;
-                a.reps = Some(v.parse().map_err(|e| format!("--reps {v}: {e}"))?)
-            }
-            "-h" | "--help" => return Err(USAGE.into()),
-            o => return Err(format!("unknown flag {o}\n{USAGE}")),
+            "--reps" => a.reps = Some(f.value()?),
+            _ => return Err(f.unknown()),
         }
     }
     if a.sizes.is_empty() || a.ranks.is_empty() || a.ranks.contains(&0) || a.reps == Some(0) {

@@ -8,7 +8,7 @@
 //! the parallel batch loader (`load_batch` on every thread). Ends with one JSON line.
 
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
-use lsc_benches::{JsonLine, median_secs, peak_rss_mb};
+use lsc_benches::{Flags, JsonLine, median_secs, peak_rss_mb};
 use lsc_data::{
     Base64Shards, Dataset, LoaderOptions, Record, decode_rgb, decode_rgb_into, load_batch, to_chw_normalized,
 };
@@ -29,19 +29,13 @@ fn parse() -> Result<Args, String> {
         reps: 5,
         noise: 24.0,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--bench" {
-            continue; // added by `cargo bench`
-        }
-        let mut val = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
-        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
+    let mut f = Flags::from_env(USAGE);
+    while let Some(flag) = f.next() {
         match flag.as_str() {
-            "--images" => a.images = num(val()?)?,
-            "--reps" => a.reps = num(val()?)?,
-            "--noise" => a.noise = val()?.parse().map_err(|e| format!("--noise: {e}"))?,
-            "-h" | "--help" => return Err(USAGE.into()),
-            o => return Err(format!("unknown flag {o}\n{USAGE}")),
+            "--images" => a.images = f.value()?,
+            "--reps" => a.reps = f.value()?,
+            "--noise" => a.noise = f.value()?,
+            _ => return Err(f.unknown()),
         }
     }
     if a.images == 0 || a.reps == 0 {

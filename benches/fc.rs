@@ -2,7 +2,7 @@
 //! backward and SGD update) on random data, against this machine's plain GEMM rate on the same
 //! shapes measured in the same run. Prints one line per step and a final JSON line.
 
-use lsc_benches::{JsonLine, median_secs, peak_rss_mb};
+use lsc_benches::{Flags, JsonLine, median_secs, peak_rss_mb};
 use lsc_comm::{Communicator, LocalComm, run_ranks};
 use lsc_head::{DType, HeadConfig, LossKind, MarginSoftmax, Update};
 use lsc_tensor::cpu::{Par, Trans, matmul};
@@ -36,30 +36,26 @@ fn parse() -> Result<Args, String> {
         loss: LossKind::ArcFace,
         tile: HeadConfig::new(LossKind::ArcFace).tile,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--bench" {
-            continue; // added by `cargo bench`
-        }
-        let mut val = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
-        let num = |v: String| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
+    let mut f = Flags::from_env(USAGE);
+    while let Some(flag) = f.next() {
         match flag.as_str() {
-            "--classes" => a.classes = num(val()?)? as usize,
-            "--batch" => a.batch = num(val()?)? as usize,
-            "--dim" => a.dim = num(val()?)? as usize,
-            "--ranks" => a.ranks = num(val()?)? as usize,
-            "--steps" => a.steps = num(val()?)? as usize,
-            "--tile" => a.tile = num(val()?)? as usize,
-            "--sample-rate" => a.sample_rate = num(val()?)? as f32,
+            // Counts accept `1e6`.
+            "--classes" => a.classes = f.value::<f64>()? as usize,
+            "--batch" => a.batch = f.value::<f64>()? as usize,
+            "--dim" => a.dim = f.value::<f64>()? as usize,
+            "--ranks" => a.ranks = f.value::<f64>()? as usize,
+            "--steps" => a.steps = f.value::<f64>()? as usize,
+            "--tile" => a.tile = f.value::<f64>()? as usize,
+            "--sample-rate" => a.sample_rate = f.value()?,
             "--dtype" => {
-                a.dtype = match val()?.as_str() {
+                a.dtype = match f.string()?.as_str() {
                     "f32" => DType::F32,
                     "bf16" => DType::Bf16,
                     o => return Err(format!("--dtype {o}: expected f32 or bf16")),
                 }
             }
             "--loss" => {
-                a.loss = match val()?.as_str() {
+                a.loss = match f.string()?.as_str() {
                     "arcface" => LossKind::ArcFace,
                     "cosface" => LossKind::CosFace,
                     "softmax" => LossKind::Softmax,
@@ -67,8 +63,7 @@ fn parse() -> Result<Args, String> {
                     o => return Err(format!("--loss {o}: expected arcface, cosface, softmax or combined")),
                 }
             }
-            "-h" | "--help" => return Err(USAGE.into()),
-            o => return Err(format!("unknown flag {o}\n{USAGE}")),
+            _ => return Err(f.unknown()),
         }
     }
     if a.classes == 0 || a.batch == 0 || a.dim == 0 || a.ranks == 0 || a.steps == 0 || a.tile == 0 {

@@ -54,3 +54,54 @@ pub fn args_or_exit<A>(parsed: Result<A, String>) -> A {
         std::process::exit(2)
     })
 }
+
+/// A bench's flags: `--flag [value]` in any order; `--bench`, which `cargo bench` adds, is
+/// skipped. Every error names the flag and ends with the usage.
+pub struct Flags {
+    args: std::vec::IntoIter<String>,
+    usage: &'static str,
+    flag: String,
+}
+
+impl Flags {
+    /// This process's arguments.
+    pub fn from_env(usage: &'static str) -> Flags {
+        Flags {
+            args: std::env::args().skip(1).collect::<Vec<_>>().into_iter(),
+            usage,
+            flag: String::new(),
+        }
+    }
+
+    /// The next flag, if any.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<String> {
+        let f = self.args.find(|a| a != "--bench")?;
+        self.flag = f.clone();
+        Some(f)
+    }
+
+    /// The current flag's value, as text.
+    pub fn string(&mut self) -> Result<String, String> {
+        self.args
+            .find(|a| a != "--bench")
+            .ok_or_else(|| format!("{} needs a value\n{}", self.flag, self.usage))
+    }
+
+    /// The current flag's value, parsed.
+    pub fn value<T: std::str::FromStr>(&mut self) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let v = self.string()?;
+        v.parse().map_err(|e| format!("{} {v}: {e}\n{}", self.flag, self.usage))
+    }
+
+    /// The error for the current flag when no bench knows it (or the usage, for `-h`).
+    pub fn unknown(&self) -> String {
+        match self.flag.as_str() {
+            "-h" | "--help" => self.usage.to_string(),
+            f => format!("unknown flag {f}\n{}", self.usage),
+        }
+    }
+}

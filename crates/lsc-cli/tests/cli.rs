@@ -1,23 +1,9 @@
 //! The `lsc` binary as a user runs it: flags, error messages, and the final JSON line.
 
+mod common;
+
+use common::{lsc, stderr};
 use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn lsc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lsc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("lsc runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn temp_file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lsc-cli-test-{}", std::process::id()));

@@ -4,13 +4,12 @@
 //! `lsc_ckpt::crash`), and at every non-data point of one save. After each kill the newest checkpoint must load with every checksum
 //! right, and resuming from it must end bit-identical to the run that was never killed.
 
+mod common;
+
+use common::root;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn config(dir: &Path, ckpt: &Path, resume: bool) -> PathBuf {
     let p = dir.join(if resume { "resume.toml" } else { "train.toml" });

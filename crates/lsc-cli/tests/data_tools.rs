@@ -1,22 +1,11 @@
 //! `lsc data` tools as a user runs them: verify / stats messages, shuffle-split under a memory
 //! limit, pack from every input format, make-bin read back by Python's pickle.
 
+mod common;
+
+use common::{lsc as run, lsc_cmd, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn lsc_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lsc"));
-    c.args(args);
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    lsc_cmd(args).output().expect("lsc runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 struct TempDir(PathBuf);
 

@@ -5,20 +5,11 @@ use lsc_data::Dataset;
 use lsc_nn::{Backbone, IResNet, InferenceNet, Mode, load_named};
 use lsc_tensor::Tensor;
 use lsc_train::Config;
+mod common;
+
+use common::{lsc, root, stderr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn lsc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lsc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("lsc runs")
-}
+use std::process::Output;
 
 fn ok(o: &Output) -> String {
     assert!(
@@ -28,10 +19,6 @@ fn ok(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn temp_dir(name: &str) -> PathBuf {

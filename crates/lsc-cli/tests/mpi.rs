@@ -11,16 +11,14 @@
 //! without permission to create network namespaces the two-host test skips, or fails when
 //! `LSC_REQUIRE_NETNS=1`.
 
+mod common;
+
+use common::root;
 use std::io::Read;
 #[cfg(feature = "mpi")]
 use std::path::Path;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn required(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
@@ -307,7 +305,7 @@ fn mpi_failing_rank_aborts_the_job() {
 /// Two test hosts as network namespaces; removed on drop.
 #[cfg(feature = "mpi")]
 struct Hosts {
-    script: PathBuf,
+    script: std::path::PathBuf,
     prefix: String,
 }
 

@@ -144,6 +144,15 @@ impl Skipped {
         }
     }
 
+    /// `e` as an error, or (with `skip_bad`) counted here and Ok.
+    pub(crate) fn skip_or_fail(&mut self, e: DataError, skip_bad: bool) -> Result<(), DataError> {
+        if !skip_bad {
+            return Err(e);
+        }
+        self.push(e);
+        Ok(())
+    }
+
     pub(crate) fn extend(&mut self, other: Skipped) {
         self.count += other.count;
         let room = Self::KEPT.saturating_sub(self.first.len());

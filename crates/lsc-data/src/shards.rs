@@ -260,10 +260,7 @@ fn scan_shard(
                     location: format!("{}:{}", path.display(), j + 1),
                     kind,
                 };
-                if !opts.skip_bad {
-                    return Err(e);
-                }
-                skipped.push(e);
+                skipped.skip_or_fail(e, opts.skip_bad)?;
             }
         }
     }
@@ -274,10 +271,7 @@ fn scan_shard(
             location: path.display().to_string(),
             kind: RecordError::EmptyFile,
         };
-        if !opts.skip_bad {
-            return Err(e);
-        }
-        skipped.push(e);
+        skipped.skip_or_fail(e, opts.skip_bad)?;
         return Ok((None, labels, skipped));
     }
     let keep = (keep.len() + 1 != lines.len()).then_some(keep);

@@ -193,10 +193,7 @@ pub fn shuffle_split(
                         location: format!("{}:{line_no}", path.display()),
                         kind,
                     };
-                    if !opts.skip_bad {
-                        return Err(e);
-                    }
-                    skipped.push(e);
+                    skipped.skip_or_fail(e, opts.skip_bad)?;
                     continue;
                 }
             };
@@ -219,10 +216,7 @@ pub fn shuffle_split(
                 location: path.display().to_string(),
                 kind: RecordError::EmptyFile,
             };
-            if !opts.skip_bad {
-                return Err(e);
-            }
-            skipped.push(e);
+            skipped.skip_or_fail(e, opts.skip_bad)?;
         }
     }
     for (w, p) in buckets.into_iter().zip(&bucket_paths) {

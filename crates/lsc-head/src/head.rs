@@ -998,6 +998,13 @@ mod tests {
         LossKind::Combined,
     ];
 
+    /// The SGD update the tests step with.
+    const UPD: Update = Update {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+
     fn cfg(loss: LossKind) -> HeadConfig {
         let mut c = HeadConfig::new(loss);
         c.init_std = 0.5;
@@ -1210,11 +1217,7 @@ mod tests {
             let mut head = MarginSoftmax::new(&c, 9, 4, &LocalComm, 7);
             with_bias(&mut head);
             let (emb, labels) = batch(6, 4, 9, 3);
-            let upd = Update {
-                lr: 0.1,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-            };
+            let upd = UPD;
             let w0 = head.weights();
             let b0 = head.bias.clone();
             let g = head.reference_gradients(&emb, &labels, &LocalComm).unwrap();
@@ -1249,18 +1252,7 @@ mod tests {
         let g = head.gradients(&emb, &[0, 1], &LocalComm).unwrap();
         assert!(!g.step.skipped && g.step.loss.is_finite());
         assert!(g.step.d_emb.all_finite() && g.weight.iter().all(|v| v.is_finite()));
-        let s = head
-            .step(
-                &emb,
-                &[0, 1],
-                &LocalComm,
-                &Update {
-                    lr: 0.1,
-                    momentum: 0.9,
-                    weight_decay: 5e-4,
-                },
-            )
-            .unwrap();
+        let s = head.step(&emb, &[0, 1], &LocalComm, &UPD).unwrap();
         assert!(!s.skipped && head.weights().iter().all(|v| v.is_finite()));
     }
 
@@ -1274,18 +1266,7 @@ mod tests {
                 emb.data_mut()[1] = f32::NAN;
             }
             let w0 = head.weights();
-            let s = head
-                .step(
-                    &emb,
-                    &[0, 5],
-                    &comm,
-                    &Update {
-                        lr: 0.1,
-                        momentum: 0.9,
-                        weight_decay: 5e-4,
-                    },
-                )
-                .unwrap();
+            let s = head.step(&emb, &[0, 5], &comm, &UPD).unwrap();
             (
                 s.skipped,
                 head.weights() == w0,
@@ -1305,18 +1286,7 @@ mod tests {
         let mut head = MarginSoftmax::new(&c, 40, 4, &LocalComm, 2);
         let (emb, labels) = batch(4, 4, 40, 5);
         let w0 = head.weights();
-        let s = head
-            .step(
-                &emb,
-                &labels,
-                &LocalComm,
-                &Update {
-                    lr: 0.1,
-                    momentum: 0.9,
-                    weight_decay: 5e-4,
-                },
-            )
-            .unwrap();
+        let s = head.step(&emb, &labels, &LocalComm, &UPD).unwrap();
         assert_eq!(s.rows, 10);
         let w1 = head.weights();
         let changed: Vec<usize> = (0..40)
@@ -1355,11 +1325,7 @@ mod tests {
         let mut h32 = MarginSoftmax::new(&c32, 50, 16, &LocalComm, 4);
         let mut h16 = MarginSoftmax::new(&c16, 50, 16, &LocalComm, 4);
         assert_eq!(h16.state_bytes() * 2, h32.state_bytes());
-        let upd = Update {
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-        };
+        let upd = Update { lr: 0.05, ..UPD };
         let mut l32 = 0.0;
         let mut l16 = 0.0;
         for step in 0..30 {

@@ -267,8 +267,8 @@ impl<'a> HeadShards<'a> {
 
     /// Classes `classes` of `tensor` (`[rows, per]` per shard) as f32 into `out`.
     fn rows(&mut self, tensor: &str, per: usize, classes: Range<usize>, out: &mut [f32]) -> Result<(), TrainError> {
-        let shards = self.m.shards.clone();
-        for s in &shards {
+        let m = self.m;
+        for s in &m.shards {
             let (a, b) = (s.class_start as usize, s.class_end as usize);
             let (lo, hi) = (classes.start.max(a), classes.end.min(b));
             if lo >= hi {

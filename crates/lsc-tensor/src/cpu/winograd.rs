@@ -343,8 +343,8 @@ struct GemmPtrs {
     v: *const f32,
     m: *mut f32,
 }
-// SAFETY: only used inside `gemms`, where each task reads the shared inputs and writes the
-// columns of its own transform position p, disjoint from every other task's.
+// SAFETY: only used inside `position_gemms`, where each task reads the shared inputs and writes
+// the columns of its own transform position p, disjoint from every other task's.
 unsafe impl Send for GemmPtrs {}
 // SAFETY: as above.
 unsafe impl Sync for GemmPtrs {}
@@ -356,36 +356,66 @@ impl GemmPtrs {
     }
 }
 
-/// `M_p = U_p · V_p` for every position p, positions in parallel, one thread each.
-fn gemms(u: &[f32], v: &[f32], m: &mut [f32], cout: usize, cin: usize, tt: usize) {
-    assert!(u.len() >= cout * POSITIONS * cin && v.len() >= cin * POSITIONS * tt && m.len() >= cout * POSITIONS * tt);
+/// One operand of the 36 position GEMMs: position p's matrix starts `p * step` elements in, and
+/// its element (r, c) sits `r * rs + c * cs` further.
+#[derive(Clone, Copy)]
+struct Strided {
+    step: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl Strided {
+    /// Asserts that every element of every position's `rows × cols` matrix is inside `len`.
+    fn check(self, rows: usize, cols: usize, len: usize) {
+        if rows > 0 && cols > 0 {
+            let last = (POSITIONS - 1) * self.step + (rows - 1) * self.rs + (cols - 1) * self.cs;
+            assert!(
+                last < len,
+                "winograd position GEMM operand out of bounds: {last} >= {len}"
+            );
+        }
+    }
+}
+
+/// `D_p (+)= A_p · B_p` (`m × k` times `k × n`) for every transform position p, positions in
+/// parallel, one thread each.
+fn position_gemms(
+    (m, n, k): (usize, usize, usize),
+    (a, sa): (&[f32], Strided),
+    (b, sb): (&[f32], Strided),
+    (d, sd): (&mut [f32], Strided),
+    accumulate: bool,
+) {
+    sa.check(m, k, a.len());
+    sb.check(k, n, b.len());
+    sd.check(m, n, d.len());
     let ptrs = GemmPtrs {
-        u: u.as_ptr(),
-        v: v.as_ptr(),
-        m: m.as_mut_ptr(),
+        u: a.as_ptr(),
+        v: b.as_ptr(),
+        m: d.as_mut_ptr(),
     };
     (0..POSITIONS).into_par_iter().for_each(|p| {
-        let (pu, pv, pm) = ptrs.get();
-        // SAFETY: U_p is cout×cin at row stride 36·cin from u + p·cin, V_p is cin×tt at row
-        // stride 36·tt from v + p·tt, M_p is cout×tt at row stride 36·tt from m + p·tt: every
-        // index stays inside the lengths asserted above, and the M_p of different p share no
-        // element (they are different columns of each row block).
+        let (pa, pb, pd) = ptrs.get();
+        // SAFETY: every element of every position's operands is inside its slice (checked
+        // above), and the D_p of different p share no element (they are different columns of
+        // each row block, as the callers' layouts make them).
         unsafe {
             gemm::gemm(
-                cout,
-                tt,
-                cin,
-                pm.add(p * tt),
-                1,
-                (POSITIONS * tt) as isize,
-                false,
-                pu.add(p * cin),
-                1,
-                (POSITIONS * cin) as isize,
-                pv.add(p * tt),
-                1,
-                (POSITIONS * tt) as isize,
-                0.0,
+                m,
+                n,
+                k,
+                pd.add(p * sd.step),
+                sd.cs as isize,
+                sd.rs as isize,
+                accumulate,
+                pa.add(p * sa.step),
+                sa.cs as isize,
+                sa.rs as isize,
+                pb.add(p * sb.step),
+                sb.cs as isize,
+                sb.rs as isize,
+                1.0,
                 1.0,
                 false,
                 false,
@@ -394,6 +424,17 @@ fn gemms(u: &[f32], v: &[f32], m: &mut [f32], cout: usize, cin: usize, tt: usize
             );
         }
     });
+}
+
+/// `M_p = U_p · V_p` for every position p: U_p is `cout × cin` at row stride 36·cin from
+/// `u + p·cin`, V_p is `cin × tt` at row stride 36·tt from `v + p·tt`, M_p `cout × tt` like V.
+fn gemms(u: &[f32], v: &[f32], m: &mut [f32], cout: usize, cin: usize, tt: usize) {
+    let rows = |w: usize| Strided {
+        step: w,
+        rs: POSITIONS * w,
+        cs: 1,
+    };
+    position_gemms((cout, tt, cin), (u, rows(cin)), (v, rows(tt)), (m, rows(tt)), false);
 }
 
 /// Transformed-input and product bytes per group: groups of images are sized to this.
@@ -571,44 +612,21 @@ fn weight_grad_one(z: &[f32], cin: usize, dw: &mut [f32]) {
     dispatch!(wgrad_avx2, weight_grad_body, (z: &[f32], cin: usize, dw: &mut [f32]));
 }
 
-/// `Z_p[cout × cin] (+)= Wd_p[cout × T] · V_pᵀ[T × cin]` for every position p, in parallel.
+/// `Z_p[cout × cin] (+)= Wd_p[cout × T] · V_pᵀ[T × cin]` for every position p: Wd_p at row
+/// stride 36·T from `wd + p·T`, V_pᵀ with element (t, ci) at `v + p·T + ci·36·T + t`, Z_p at row
+/// stride 36·cin from `z + p·cin`.
 fn gemms_wgrad(wd: &[f32], v: &[f32], z: &mut [f32], cout: usize, cin: usize, tt: usize, accumulate: bool) {
-    assert!(wd.len() >= cout * POSITIONS * tt && v.len() >= cin * POSITIONS * tt && z.len() >= cout * POSITIONS * cin);
-    let ptrs = GemmPtrs {
-        u: wd.as_ptr(),
-        v: v.as_ptr(),
-        m: z.as_mut_ptr(),
+    let rows = |w: usize| Strided {
+        step: w,
+        rs: POSITIONS * w,
+        cs: 1,
     };
-    (0..POSITIONS).into_par_iter().for_each(|p| {
-        let (pu, pv, pm) = ptrs.get();
-        // SAFETY: Wd_p is cout×tt at row stride 36·tt from wd + p·tt; V_pᵀ is tt×cin with
-        // element (t, ci) at v + p·tt + ci·36·tt + t; Z_p is cout×cin at row stride 36·cin from
-        // z + p·cin. Every index is inside the asserted lengths, and different p write
-        // different columns of Z.
-        unsafe {
-            gemm::gemm(
-                cout,
-                cin,
-                tt,
-                pm.add(p * cin),
-                1,
-                (POSITIONS * cin) as isize,
-                accumulate,
-                pu.add(p * tt),
-                1,
-                (POSITIONS * tt) as isize,
-                pv.add(p * tt),
-                (POSITIONS * tt) as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    });
+    let vt = Strided {
+        step: tt,
+        rs: 1,
+        cs: POSITIONS * tt,
+    };
+    position_gemms((cout, cin, tt), (wd, rows(tt)), (v, vt), (z, rows(cin)), accumulate);
 }
 
 thread_local! {
