@@ -36,12 +36,10 @@ fn elementwise(c: &mut Criterion) {
     let mut rng = Rng::new(1);
     let x: Vec<f32> = (0..1 << 16).map(|_| rng.normal() * 10.0).collect();
     g.throughput(Throughput::Elements(x.len() as u64));
-    g.bench_function("exp_shifted_sum_64k", |b| {
-        b.iter_batched_ref(
-            || x.clone(),
-            |v| black_box(math::exp_shifted_sum(v, 3.0)),
-            criterion::BatchSize::SmallInput,
-        )
+    let shift: Vec<f32> = (0..x.len()).map(|i| (i % 7) as f32).collect();
+    g.bench_function("exp_sub_acc_64k", |b| {
+        let mut acc = vec![0.0f32; x.len()];
+        b.iter(|| math::exp_sub_acc(black_box(&x), &shift, &mut acc))
     });
     g.bench_function("dot_64k", |b| b.iter(|| black_box(math::dot(&x, &x))));
     g.bench_function("bf16_stochastic_64k", |b| {

@@ -1,22 +1,26 @@
 //! The sharded margin-softmax head: a fused, tiled CPU kernel and its plain reference.
 //!
 //! Fused step, per rank, over the selected rows of its class shard in tiles of `tile` classes
-//! (tiles run in parallel):
-//! - pass 1: each tile's weights are read (bf16 or f32), normalised, multiplied with the
-//!   gathered embeddings, the margin is applied to the targets, and a running row max and
-//!   sum of exponentials is kept (online softmax); max and sum are then all-reduced;
+//! (tiles run in parallel, one thread each, with single-threaded GEMMs):
+//! - pass 1: each tile's rows `R` are multiplied, as stored (borrowed from an f32 store, or
+//!   gathered/widened), with the gathered embeddings into class-major `[tile, B]` logits; for
+//!   margin losses the row normalisation and the scale are one factor `s/‖w‖` per class. The
+//!   margin is applied to the targets, and a running row max and sum of exponentials is kept
+//!   (online softmax); max and sum are then all-reduced;
 //! - the loss and a non-finite check are agreed on by all ranks: a non-finite value skips the
 //!   step before anything is written;
 //! - pass 2: each tile's logits are recomputed, turned into `(p − onehot)/B` and pushed back
-//!   through the margin and the scale; the tile adds its share of dL/dX̂ and applies SGD
-//!   (momentum, weight decay) to its own rows in place.
+//!   through the margin and the per-class factor; the tile adds its share of dL/dX̂ and
+//!   applies SGD (momentum, weight decay) to its own rows in place, the gradient of each row
+//!   formed on the fly.
 //!
 //! Neither the `[C, D]` weight gradient nor the `[B, C]` logits are ever stored: extra memory is
-//! O(B·tile) per thread plus O(B·D). [`MarginSoftmax::reference_gradients`] is the plain
-//! version (all logits in memory, full dW) the fused kernel is tested against.
+//! O(B·tile + tile·D) per thread plus O(B·D). [`MarginSoftmax::reference_gradients`] is the
+//! plain version (all logits in memory, full dW, no code shared with the tiles) the fused
+//! kernel is tested against.
 
 use crate::sample::select;
-use crate::store::{RowWriter, Rows};
+use crate::store::{RowSource, RowWriter, Rows, prefetch};
 use crate::{HeadConfig, LossKind, Margin, shard_range};
 use lsc_comm::{CommError, Communicator, ReduceOp};
 use lsc_tensor::cpu::par::ordered_fold;
@@ -106,22 +110,61 @@ struct Prepared {
     norms: Vec<f32>,
     /// All ranks' `xhat` in rank order, `[bg, D]`.
     all: Vec<f32>,
+    /// `all` transposed, `[D, bg]`, the right operand of the class-major logits product.
+    all_t: Vec<f32>,
     labels: Vec<u32>,
     b: usize,
     bg: usize,
 }
 
-/// Scratch of one tile: raw rows, the rows used in the product (normalised or raw), their
-/// norms, and the `[bg, T]` logits.
+/// Scratch of one tile of `n` classes. Everything is class-major, so that the products run
+/// on the stored rows `R` themselves (`[n, D]`, no copy for a contiguous f32 tile) in the gemm
+/// crate's fast layouts (`cargo bench --bench fc`, `tile_gemm_gflops`). Margin losses use
+/// `s·ŵ = diag(f)·R` with `f = s/‖w‖`, so the normalisation is a per-class scale of the
+/// `[n, bg]` logits and of their gradient, never a normalised copy of the rows.
+#[derive(Default)]
 struct Tile {
-    raw: Vec<f32>,
-    used: Vec<f32>,
-    /// `used` transposed, `[D, T]`: the logits product runs untransposed, the gemm crate's
-    /// fastest layout for these shapes (about 1.6x the transposed one, `cargo xtask bench-kernels`).
-    used_t: Vec<f32>,
+    /// ‖w‖ per class (floored), margin losses only.
     norms: Vec<f32>,
+    /// `s/‖w‖` per class, margin losses only.
+    scale: Vec<f32>,
+    /// `[n, bg]` logits, then dL/dlogit, then (margin) `diag(f)·dL/dlogit`.
     logits: Vec<f32>,
+    /// `[n, D]`: `diag(f)·dL/dlogit · X̂` (margin) or dL/dW (softmax).
+    du: Vec<f32>,
 }
+
+/// The rows `R` of a tile: borrowed from an f32 store when they are consecutive, else read
+/// into `raw` (widened from bf16).
+///
+/// # Safety
+/// No other thread writes these rows while the returned slice is alive.
+unsafe fn tile_rows<'s>(src: &'s dyn RowSource, rows: &[u32], d: usize, raw: &'s mut Vec<f32>) -> &'s [f32] {
+    let n = rows.len();
+    if let (Some(&a), Some(&b)) = (rows.first(), rows.last())
+        && (b - a) as usize + 1 == n
+        // SAFETY: forwarded to the caller.
+        && let Some(block) = unsafe { src.f32_block(a as usize..b as usize + 1) }
+    {
+        return block;
+    }
+    raw.resize(n * d, 0.0);
+    let mut buf = vec![0.0f32; d];
+    for (k, &r) in rows.iter().enumerate() {
+        if let Some(&ahead) = rows.get(k + PREFETCH_ROWS) {
+            src.prefetch_row(ahead as usize);
+        }
+        // SAFETY: forwarded to the caller; the row is copied out at once.
+        let w = unsafe { src.row(r as usize, &mut buf) };
+        raw[k * d..(k + 1) * d].copy_from_slice(w);
+    }
+    raw
+}
+
+/// Rows a pass prefetches ahead of the one it is reading (a row of 512 f32 is 2 KiB).
+const PREFETCH_ROWS: usize = 4;
+/// Softmax sums are kept in f32 for this many class rows, then added into f64.
+const SUM_BLOCK: usize = 64;
 
 /// `dst[c * rows + r] = src[r * cols + c]`, in cache-sized blocks.
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
@@ -363,16 +406,20 @@ impl MarginSoftmax {
         } else {
             Vec::new()
         };
+        let bg = b * comm.world_size();
         let mut all = vec![0.0f32; xhat.len() * comm.world_size()];
         comm.all_gather(&xhat, &mut all)?;
+        let mut all_t = vec![0.0f32; all.len()];
+        transpose(&all, bg, d, &mut all_t);
         let labels = comm.all_gather_u32(labels)?;
         Ok(Prepared {
             xhat,
             norms,
             all,
+            all_t,
             labels,
             b,
-            bg: b * comm.world_size(),
+            bg,
         })
     }
 
@@ -395,59 +442,58 @@ impl MarginSoftmax {
         (sel, target)
     }
 
-    /// Fills `t` for the selected rows `rows` (local indices) and computes their logits
-    /// `[bg, rows.len()]`: `s·cos` with no margin yet, or `x·w + b` for softmax.
-    fn tile_logits(
-        &self,
-        read: &dyn Fn(usize, &mut [f32]),
-        bias: Option<&[f32]>,
-        rows: &[u32],
-        p: &Prepared,
-        t: &mut Tile,
-    ) {
-        let (d, n) = (self.emb_dim, rows.len());
-        t.raw.resize(n * d, 0.0);
-        t.used.resize(n * d, 0.0);
-        t.logits.resize(p.bg * n, 0.0);
-        for (k, &r) in rows.iter().enumerate() {
-            read(r as usize, &mut t.raw[k * d..(k + 1) * d]);
-        }
+    /// The class-major logits `[rows.len(), bg]` of the tile rows `w` (see [`tile_rows`]) into
+    /// `t`: `s·cos` with no margin yet, or `w·x + b` for softmax.
+    fn tile_logits(&self, w: &[f32], bias: Option<&[f32]>, rows: &[u32], p: &Prepared, t: &mut Tile) {
+        let (d, n, bg) = (self.emb_dim, rows.len(), p.bg);
+        t.norms.clear();
+        t.scale.clear();
         if self.margin.is_some() {
-            t.norms = normalize_rows(&t.raw, d, &mut t.used);
-        } else {
-            t.used.copy_from_slice(&t.raw);
+            // The norms first: this pass streams the rows into cache (prefetching ahead) for
+            // the product that follows.
+            let rows_d: Vec<&[f32]> = w.chunks(d.max(1)).collect();
+            for (k, row) in rows_d.iter().enumerate() {
+                if let Some(ahead) = rows_d.get(k + PREFETCH_ROWS) {
+                    prefetch(ahead);
+                }
+                let norm = math::dot_wide(row, row).sqrt().max(NORM_EPS);
+                t.norms.push(norm);
+                t.scale.push(self.cfg.scale / norm);
+            }
         }
-        t.used_t.resize(n * d, 0.0);
-        transpose(&t.used, n, d, &mut t.used_t);
+        t.logits.resize(n * bg, 0.0);
         matmul(
             Trans::N,
             Trans::N,
-            p.bg,
             n,
+            bg,
             d,
-            &p.all,
-            &t.used_t,
+            w,
+            &p.all_t,
             &mut t.logits,
             false,
             Par::Seq,
         );
         if self.margin.is_some() {
-            let sc = self.cfg.scale;
-            for v in &mut t.logits {
-                *v *= sc;
+            for (z, &f) in t.logits.chunks_mut(bg.max(1)).zip(&t.scale) {
+                for v in z.iter_mut() {
+                    *v *= f;
+                }
             }
         } else if let Some(b) = bias {
-            for row in t.logits.chunks_mut(n.max(1)) {
-                for (v, &r) in row.iter_mut().zip(rows) {
-                    *v += b[r as usize];
+            for (z, &r) in t.logits.chunks_mut(bg.max(1)).zip(rows) {
+                let bv = b[r as usize];
+                for v in z.iter_mut() {
+                    *v += bv;
                 }
             }
         }
     }
 
-    /// Applies the margin to the targets inside tile positions `[t0, t0 + n)`; returns
-    /// `(row, column in tile, dφ/dcos)` for each.
+    /// Applies the margin to the targets inside tile positions `[t0, t0 + n)` of class-major
+    /// `[n, bg]` logits; returns `(row, column in tile, dφ/dcos)` for each.
     fn apply_margin(&self, target: &[u32], t0: usize, n: usize, logits: &mut [f32]) -> Vec<(usize, usize, f32)> {
+        let bg = target.len();
         let mut hits = Vec::new();
         for (i, &pos) in target.iter().enumerate() {
             let pos = pos as usize;
@@ -455,7 +501,7 @@ impl MarginSoftmax {
                 let j = pos - t0;
                 let mut dphi = 1.0;
                 if let Some(m) = &self.margin {
-                    let v = &mut logits[i * n + j];
+                    let v = &mut logits[j * bg + i];
                     let (phi, dp) = m.apply(*v / self.cfg.scale);
                     *v = (self.cfg.scale as f64 * phi) as f32;
                     dphi = dp as f32;
@@ -475,7 +521,7 @@ impl MarginSoftmax {
     /// Pass 1 and the all-reduces: global row max, softmax denominators, loss, finiteness.
     fn forward_stats(
         &self,
-        read: &(dyn Fn(usize, &mut [f32]) + Sync),
+        src: &dyn RowSource,
         sel: &[u32],
         target: &[u32],
         p: &Prepared,
@@ -483,41 +529,49 @@ impl MarginSoftmax {
     ) -> Result<Stats, HeadError> {
         let bias = self.bias.as_deref();
         let bg = p.bg;
-        let new_tile = || Tile {
-            raw: Vec::new(),
-            used: Vec::new(),
-            used_t: Vec::new(),
-            norms: Vec::new(),
-            logits: Vec::new(),
-        };
+        // Per chunk of tiles: running max, sum of e^(z − max) in f64, target logits, scratch
+        // (the tile, the tile's max and its f32 block sums).
         let init = || {
             (
                 vec![f32::NEG_INFINITY; bg],
                 vec![0.0f64; bg],
                 vec![f32::NAN; bg],
-                new_tile(),
+                (Tile::default(), Vec::new(), vec![0.0f32; bg], vec![0.0f32; bg]),
             )
         };
         let tiles = self.tiles(sel.len());
         let (m, l, tgt, _) = ordered_fold(
             tiles.len(),
             init,
-            |(mut m, mut l, mut tgt, mut t), k| {
+            |(mut m, mut l, mut tgt, (mut t, mut raw, mut mx, mut acc)), k| {
                 let r = tiles[k].clone();
                 let n = r.len();
-                self.tile_logits(read, bias, &sel[r.clone()], p, &mut t);
+                // SAFETY: pass 1 writes no row.
+                let w = unsafe { tile_rows(src, &sel[r.clone()], self.emb_dim, &mut raw) };
+                self.tile_logits(w, bias, &sel[r.clone()], p, &mut t);
                 for (i, j, _) in self.apply_margin(target, r.start, n, &mut t.logits) {
-                    tgt[i] = t.logits[i * n + j];
+                    tgt[i] = t.logits[j * bg + i];
+                }
+                mx.copy_from_slice(&m);
+                for row in t.logits.chunks_exact(bg.max(1)) {
+                    math::max_into(&mut mx, row);
                 }
                 for i in 0..bg {
-                    let row = &mut t.logits[i * n..(i + 1) * n];
-                    let mt = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mn = m[i].max(mt);
-                    let s = math::exp_shifted_sum(row, mn);
-                    l[i] = l[i] * ((m[i] - mn) as f64).exp() + s;
-                    m[i] = mn;
+                    if m[i] != f32::NEG_INFINITY {
+                        l[i] *= ((m[i] - mx[i]) as f64).exp();
+                    }
                 }
-                (m, l, tgt, t)
+                for block in t.logits.chunks(SUM_BLOCK * bg.max(1)) {
+                    acc.fill(0.0);
+                    for row in block.chunks_exact(bg.max(1)) {
+                        math::exp_sub_acc(row, &mx, &mut acc);
+                    }
+                    for (li, &a) in l.iter_mut().zip(&acc) {
+                        *li += a as f64;
+                    }
+                }
+                m.copy_from_slice(&mx);
+                (m, l, tgt, (t, raw, mx, acc))
             },
             |(mut m, mut l, mut tg, w), (m2, l2, t2, _)| {
                 for i in 0..bg {
@@ -562,32 +616,51 @@ impl MarginSoftmax {
         let mut flags = [local_loss as f32, if finite { 0.0 } else { 1.0 }];
         comm.all_reduce(&mut flags, ReduceOp::Sum)?;
         let loss = flags[0] / bg as f32;
+        let coef = den.iter().map(|&s| (1.0 / (bg as f64 * s as f64)) as f32).collect();
         Ok(Stats {
             gmax,
-            den,
+            coef,
             loss,
             skip: flags[1] != 0.0 || !loss.is_finite(),
         })
     }
 
-    /// Turns a tile's logits into dL/dcos (margin losses) or dL/dlogit (softmax), in place.
-    fn logits_to_grad(&self, st: &Stats, hits: &[(usize, usize, f32)], bg: usize, n: usize, logits: &mut [f32]) {
+    /// Turns a tile's class-major logits into dL/dlogit `(p − onehot)/B`, through the margin
+    /// at the targets, times the class's `f = s/‖w‖` for margin losses (the rows in the
+    /// product are `diag(f)·R`), in place.
+    fn logits_to_grad(&self, st: &Stats, hits: &[(usize, usize, f32)], t: &mut Tile) {
+        let bg = st.gmax.len();
         let inv_bg = 1.0 / bg as f32;
-        let sc = if self.margin.is_some() { self.cfg.scale } else { 1.0 };
-        for i in 0..bg {
-            let row = &mut logits[i * n..(i + 1) * n];
-            math::exp_scaled(row, st.gmax[i], inv_bg * sc / st.den[i]);
+        let targets: Vec<f32> = hits.iter().map(|&(i, j, _)| t.logits[j * bg + i]).collect();
+        for (j, row) in t.logits.chunks_exact_mut(bg.max(1)).enumerate() {
+            let f = t.scale.get(j).copied().unwrap_or(1.0);
+            math::exp_sub_scale(row, &st.gmax, &st.coef, f);
         }
-        for &(i, j, dphi) in hits {
-            let v = &mut logits[i * n + j];
-            *v = (*v - inv_bg * sc) * dphi;
+        for (&(i, j, dphi), &z) in hits.iter().zip(&targets) {
+            let f = t.scale.get(j).copied().unwrap_or(1.0);
+            let p = math::exp(z - st.gmax[i]) * st.coef[i];
+            t.logits[j * bg + i] = (p - inv_bg) * dphi * f;
         }
     }
 
-    /// Pass 2: per tile, gradients to `sink` (rows, raw weights, dW rows, db) and dL/dX̂ summed.
+    /// The weight gradient of row `k` of a pass-2 tile as `du − b·w` (`w` the raw row): for
+    /// margin losses `du = f·dL/d(s·ŵ)`, so dL/dw = du − w·(w·du)/‖w‖²; for softmax `du` is
+    /// dL/dw itself and `b = 0`.
+    fn weight_grad<'t>(&self, t: &'t Tile, k: usize, w: &[f32]) -> (&'t [f32], f32) {
+        let d = self.emb_dim;
+        let du = &t.du[k * d..(k + 1) * d];
+        if self.margin.is_some() {
+            let norm = t.norms[k];
+            (du, math::dot_wide(w, du) / (norm * norm))
+        } else {
+            (du, 0.0)
+        }
+    }
+
+    /// Pass 2: per tile, dL/d(used) and dL/db to `sink` (rows, tile, db) and dL/dX̂ summed.
     fn backward_tiles(
         &self,
-        read: &(dyn Fn(usize, &mut [f32]) + Sync),
+        src: &dyn RowSource,
         bias: Option<&[f32]>,
         sel: &[u32],
         target: &[u32],
@@ -596,64 +669,40 @@ impl MarginSoftmax {
         sink: &TileSink<'_>,
     ) -> Vec<f32> {
         let (bg, d) = (p.bg, self.emb_dim);
-        let new_tile = || Tile {
-            raw: Vec::new(),
-            used: Vec::new(),
-            used_t: Vec::new(),
-            norms: Vec::new(),
-            logits: Vec::new(),
-        };
         let tiles = self.tiles(sel.len());
         let (dx, ..) = ordered_fold(
             tiles.len(),
-            || (vec![0.0f32; bg * d], new_tile(), Vec::new(), Vec::new()),
-            |(mut dx, mut t, mut dw, mut db), k| {
+            || (vec![0.0f32; bg * d], Tile::default(), Vec::new(), Vec::new()),
+            |(mut dx, mut t, mut raw, mut db), k| {
                 let r = tiles[k].clone();
                 let n = r.len();
                 let rows = &sel[r.clone()];
-                self.tile_logits(read, bias, rows, p, &mut t);
+                // SAFETY: a tile's rows are written only by its own sink, after `w`'s last use.
+                let w = unsafe { tile_rows(src, rows, d, &mut raw) };
+                self.tile_logits(w, bias, rows, p, &mut t);
                 let hits = self.apply_margin(target, r.start, n, &mut t.logits);
-                self.logits_to_grad(st, &hits, bg, n, &mut t.logits);
-                // dX̂ += G·Ŵ ; dŴ = Gᵀ·X̂
+                self.logits_to_grad(st, &hits, &mut t);
+                db.clear();
+                if bias.is_some() {
+                    db.extend(t.logits.chunks(bg.max(1)).map(|row| row.iter().sum::<f32>()));
+                }
+                // dX̂ += Gᵀ·R (G is [n, bg]) ; du = G·X̂
+                matmul(Trans::T, Trans::N, bg, d, n, &t.logits, w, &mut dx, true, Par::Seq);
+                t.du.resize(n * d, 0.0);
                 matmul(
                     Trans::N,
-                    Trans::N,
-                    bg,
-                    d,
-                    n,
-                    &t.logits,
-                    &t.used,
-                    &mut dx,
-                    true,
-                    Par::Seq,
-                );
-                dw.resize(n * d, 0.0);
-                matmul(
-                    Trans::T,
                     Trans::N,
                     n,
                     d,
                     bg,
                     &t.logits,
                     &p.all,
-                    &mut dw,
+                    &mut t.du,
                     false,
                     Par::Seq,
                 );
-                if self.margin.is_some() {
-                    normalize_rows_backward(&t.used, &t.norms, d, &mut dw);
-                }
-                db.clear();
-                if bias.is_some() {
-                    db.resize(n, 0.0);
-                    for row in t.logits.chunks(n) {
-                        for (a, b) in db.iter_mut().zip(row) {
-                            *a += b;
-                        }
-                    }
-                }
-                sink(rows, &t.raw, &dw, &db);
-                (dx, t, dw, db)
+                sink(rows, &t, &db);
+                (dx, t, raw, db)
             },
             |mut a, b| {
                 for (x, y) in a.0.iter_mut().zip(&b.0) {
@@ -695,10 +744,7 @@ impl MarginSoftmax {
     ) -> Result<HeadStep, HeadError> {
         let p = self.prepare(emb, labels, comm)?;
         let (sel, target) = self.selection(&p.labels);
-        let st = {
-            let w = &self.weight;
-            self.forward_stats(&|r, out| w.read_row(r, out), &sel, &target, &p, comm)?
-        };
+        let st = self.forward_stats(&self.weight, &sel, &target, &p, comm)?;
         self.steps += 1;
         if st.skip {
             return Ok(self.skipped(&p, st.loss, sel.len()));
@@ -716,24 +762,41 @@ impl MarginSoftmax {
             let mw = RowWriter::new(&mut momentum);
             let bias_cell = Mutex::new((bias.as_mut(), bias_m.as_mut()));
             let d = self.emb_dim;
-            let sink = |rows: &[u32], raw: &[f32], dw: &[f32], db: &[f32]| {
-                let mut v = vec![0.0f32; d];
-                let mut w = vec![0.0f32; d];
+            let (lr, mu, wd) = (upd.lr, upd.momentum, upd.weight_decay);
+            let sink = |rows: &[u32], t: &Tile, db: &[f32]| {
+                let mut g = vec![0.0f32; d];
+                let (mut v, mut w) = (Vec::new(), Vec::new());
                 for (k, &r) in rows.iter().enumerate() {
-                    let r = r as usize;
-                    let mut rng = Rng::stream(step_seed, shard_start + r as u64);
-                    // SAFETY: tiles partition the selection, so row r belongs to this tile only
-                    // and no other thread touches it during this call.
-                    unsafe { mw.read_row(r, &mut v) };
-                    let wr = &raw[k * d..(k + 1) * d];
-                    for j in 0..d {
-                        v[j] = upd.momentum * v[j] + dw[k * d + j] + upd.weight_decay * wr[j];
-                        w[j] = wr[j] - upd.lr * v[j];
+                    if let Some(&ahead) = rows.get(k + PREFETCH_ROWS) {
+                        mw.prefetch_row(ahead as usize);
                     }
-                    // SAFETY: as above, row r is exclusive to this tile.
-                    unsafe {
-                        mw.write_row(r, &v, &mut rng);
-                        ww.write_row(r, &w, &mut rng);
+                    let r = r as usize;
+                    // SAFETY: tiles partition the selection, so row r belongs to this tile only,
+                    // no other thread touches it during this call, and the tile's reads of it
+                    // are over.
+                    match unsafe { (ww.f32_row_mut(r), mw.f32_row_mut(r)) } {
+                        (Some(wr), Some(vr)) => {
+                            let (du, b) = self.weight_grad(t, k, wr);
+                            math::sgd_momentum_minus(wr, vr, du, b, lr, mu, wd);
+                        }
+                        _ => {
+                            v.resize(d, 0.0);
+                            w.resize(d, 0.0);
+                            let mut rng = Rng::stream(step_seed, shard_start + r as u64);
+                            // SAFETY: as above, row r is exclusive to this tile.
+                            unsafe {
+                                mw.read_row(r, &mut v);
+                                ww.read_row(r, &mut w);
+                            }
+                            let (du, b) = self.weight_grad(t, k, &w);
+                            math::lin2(&mut g, du, 1.0, &w, -b);
+                            math::sgd_momentum(&mut w, &mut v, &g, lr, mu, wd);
+                            // SAFETY: as above.
+                            unsafe {
+                                mw.write_row(r, &v, &mut rng);
+                                ww.write_row(r, &w, &mut rng);
+                            }
+                        }
                     }
                 }
                 if !db.is_empty() {
@@ -742,18 +805,15 @@ impl MarginSoftmax {
                     if let (Some(b), Some(bm)) = (b.as_deref_mut(), bm.as_deref_mut()) {
                         for (&r, &gv) in rows.iter().zip(db) {
                             let r = r as usize;
-                            bm[r] = upd.momentum * bm[r] + gv + upd.weight_decay * b[r];
-                            b[r] -= upd.lr * bm[r];
+                            bm[r] = mu * bm[r] + gv + wd * b[r];
+                            b[r] -= lr * bm[r];
                         }
                     }
                 }
             };
-            // SAFETY: the reader and the sink touch a row only from the tile that owns it,
-            // and a tile reads its rows before its sink writes them.
-            let read = |r: usize, out: &mut [f32]| unsafe { ww.read_row(r, out) };
             // Tiles read the bias of their own rows before updating them: a copy keeps the
             // borrow simple (C floats, small next to the weights).
-            self.backward_tiles(&read, bias_before.as_deref(), &sel, &target, &p, &st, &sink)
+            self.backward_tiles(&ww, bias_before.as_deref(), &sel, &target, &p, &st, &sink)
         };
         self.weight = weight;
         self.momentum = momentum;
@@ -772,9 +832,7 @@ impl MarginSoftmax {
     pub fn gradients(&self, emb: &Tensor, labels: &[u32], comm: &dyn Communicator) -> Result<Gradients, HeadError> {
         let p = self.prepare(emb, labels, comm)?;
         let (sel, target) = self.selection(&p.labels);
-        let w = &self.weight;
-        let read = |r: usize, out: &mut [f32]| w.read_row(r, out);
-        let st = self.forward_stats(&read, &sel, &target, &p, comm)?;
+        let st = self.forward_stats(&self.weight, &sel, &target, &p, comm)?;
         let d = self.emb_dim;
         let s = self.shard.len();
         if st.skip {
@@ -788,17 +846,20 @@ impl MarginSoftmax {
             vec![0.0f32; s * d],
             vec![0.0f32; if self.bias.is_some() { s } else { 0 }],
         ));
-        let sink = |rows: &[u32], _raw: &[f32], dw: &[f32], db: &[f32]| {
+        let sink = |rows: &[u32], t: &Tile, db: &[f32]| {
+            let mut w = vec![0.0f32; d];
             let mut g = out.lock().unwrap_or_else(|e| e.into_inner());
             for (k, &r) in rows.iter().enumerate() {
                 let r = r as usize;
-                g.0[r * d..(r + 1) * d].copy_from_slice(&dw[k * d..(k + 1) * d]);
+                self.weight.read_row(r, &mut w);
+                let (du, b) = self.weight_grad(t, k, &w);
+                math::lin2(&mut g.0[r * d..(r + 1) * d], du, 1.0, &w, -b);
                 if !db.is_empty() {
                     g.1[r] = db[k];
                 }
             }
         };
-        let dall = self.backward_tiles(&read, self.bias.as_deref(), &sel, &target, &p, &st, &sink);
+        let dall = self.backward_tiles(&self.weight, self.bias.as_deref(), &sel, &target, &p, &st, &sink);
         let d_emb = self.finish_dx(dall, &p, comm)?;
         let (weight, bias) = out.into_inner().unwrap_or_else(|e| e.into_inner());
         Ok(Gradients {
@@ -813,7 +874,8 @@ impl MarginSoftmax {
         })
     }
 
-    /// The plain, unfused reference: every logit of the selection in memory, f64 softmax.
+    /// The plain, unfused reference: every logit of the selection in memory (`[bg, n]`, one
+    /// transposed product), f64 softmax, the full dW; shares no tile code with the fused passes.
     pub fn reference_gradients(
         &self,
         emb: &Tensor,
@@ -823,41 +885,58 @@ impl MarginSoftmax {
         let p = self.prepare(emb, labels, comm)?;
         let (sel, target) = self.selection(&p.labels);
         let (d, n, bg, s) = (self.emb_dim, sel.len(), p.bg, self.shard.len());
-        let mut t = Tile {
-            raw: Vec::new(),
-            used: Vec::new(),
-            used_t: Vec::new(),
-            norms: Vec::new(),
-            logits: Vec::new(),
+        let mut raw = vec![0.0f32; n * d];
+        for (k, &r) in sel.iter().enumerate() {
+            self.weight.read_row(r as usize, &mut raw[k * d..(k + 1) * d]);
+        }
+        let mut used = raw.clone();
+        let wnorms = if self.margin.is_some() {
+            normalize_rows(&raw, d, &mut used)
+        } else {
+            Vec::new()
         };
-        let w = &self.weight;
-        self.tile_logits(&|r, out| w.read_row(r, out), self.bias.as_deref(), &sel, &p, &mut t);
-        let hits = self.apply_margin(&target, 0, n, &mut t.logits);
+        let mut z = vec![0.0f32; bg * n];
+        matmul(Trans::N, Trans::T, bg, n, d, &p.all, &used, &mut z, false, Par::Rayon);
+        let mut hits = Vec::new();
+        for i in 0..bg {
+            for (j, &r) in sel.iter().enumerate() {
+                let v = &mut z[i * n + j];
+                match &self.margin {
+                    Some(_) => *v *= self.cfg.scale,
+                    None => *v += self.bias.as_ref().map_or(0.0, |b| b[r as usize]),
+                }
+            }
+            if target[i] != NONE {
+                let j = target[i] as usize;
+                let mut dphi = 1.0;
+                if let Some(m) = &self.margin {
+                    let v = &mut z[i * n + j];
+                    let (phi, dp) = m.apply(*v / self.cfg.scale);
+                    *v = (self.cfg.scale as f64 * phi) as f32;
+                    dphi = dp;
+                }
+                hits.push((i, j, dphi));
+            }
+        }
         let mut gmax: Vec<f32> = (0..bg)
-            .map(|i| {
-                t.logits[i * n..(i + 1) * n]
-                    .iter()
-                    .copied()
-                    .fold(f32::NEG_INFINITY, f32::max)
-            })
+            .map(|i| z[i * n..(i + 1) * n].iter().copied().fold(f32::NEG_INFINITY, f32::max))
             .collect();
         comm.all_reduce(&mut gmax, ReduceOp::Max)?;
         let mut den: Vec<f32> = (0..bg)
             .map(|i| {
-                t.logits[i * n..(i + 1) * n]
+                z[i * n..(i + 1) * n]
                     .iter()
-                    .map(|&z| ((z - gmax[i]) as f64).exp())
+                    .map(|&v| ((v - gmax[i]) as f64).exp())
                     .sum::<f64>() as f32
             })
             .collect();
         comm.all_reduce(&mut den, ReduceOp::Sum)?;
         let mut local = 0.0f64;
         for &(i, j, _) in &hits {
-            local -= (((t.logits[i * n + j] - gmax[i]) as f64) - (den[i] as f64).ln()).max(-69.0);
+            local -= (((z[i * n + j] - gmax[i]) as f64) - (den[i] as f64).ln()).max(-69.0);
         }
-        let finite = t.logits.iter().all(|v| v.is_finite())
-            && den.iter().all(|v| v.is_finite() && *v > 0.0)
-            && local.is_finite();
+        let finite =
+            z.iter().all(|v| v.is_finite()) && den.iter().all(|v| v.is_finite() && *v > 0.0) && local.is_finite();
         let mut flags = [local as f32, if finite { 0.0 } else { 1.0 }];
         comm.all_reduce(&mut flags, ReduceOp::Sum)?;
         let loss = flags[0] / bg as f32;
@@ -877,20 +956,20 @@ impl MarginSoftmax {
         let mut g = vec![0.0f32; bg * n];
         for i in 0..bg {
             for j in 0..n {
-                let pr = ((t.logits[i * n + j] - gmax[i]) as f64).exp() / den[i] as f64;
+                let pr = ((z[i * n + j] - gmax[i]) as f64).exp() / den[i] as f64;
                 g[i * n + j] = (pr / bg as f64 * sc) as f32;
             }
         }
         for &(i, j, dphi) in &hits {
-            g[i * n + j] = ((g[i * n + j] as f64 - sc / bg as f64) * dphi as f64) as f32;
+            g[i * n + j] = ((g[i * n + j] as f64 - sc / bg as f64) * dphi) as f32;
         }
         let mut dws = vec![0.0f32; n * d];
         matmul(Trans::T, Trans::N, n, d, bg, &g, &p.all, &mut dws, false, Par::Rayon);
         if self.margin.is_some() {
-            normalize_rows_backward(&t.used, &t.norms, d, &mut dws);
+            normalize_rows_backward(&used, &wnorms, d, &mut dws);
         }
         let mut dall = vec![0.0f32; bg * d];
-        matmul(Trans::N, Trans::N, bg, d, n, &g, &t.used, &mut dall, false, Par::Rayon);
+        matmul(Trans::N, Trans::N, bg, d, n, &g, &used, &mut dall, false, Par::Rayon);
         let mut weight = vec![0.0f32; s * d];
         for (k, &r) in sel.iter().enumerate() {
             weight[r as usize * d..(r as usize + 1) * d].copy_from_slice(&dws[k * d..(k + 1) * d]);
@@ -924,33 +1003,27 @@ impl MarginSoftmax {
         let p = self.prepare(emb, &labels, comm)?;
         let bg = p.bg;
         let all: Vec<u32> = (0..self.shard.len() as u32).collect();
-        let w = &self.weight;
-        let read = |r: usize, out: &mut [f32]| w.read_row(r, out);
-        let new_tile = || Tile {
-            raw: Vec::new(),
-            used: Vec::new(),
-            used_t: Vec::new(),
-            norms: Vec::new(),
-            logits: Vec::new(),
-        };
         let better = |a: (f32, u32), b: (f32, u32)| if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) { b } else { a };
         let best = self
             .tiles(all.len())
             .into_par_iter()
             .fold(
-                || (vec![(f32::NEG_INFINITY, u32::MAX); bg], new_tile()),
-                |(mut best, mut t), r| {
-                    let n = r.len();
-                    self.tile_logits(&read, self.bias.as_deref(), &all[r.clone()], &p, &mut t);
-                    for i in 0..bg {
-                        for (j, &v) in t.logits[i * n..(i + 1) * n].iter().enumerate() {
-                            best[i] = better(best[i], (v, (self.shard.start + r.start + j) as u32));
+                || (vec![(f32::NEG_INFINITY, u32::MAX); bg], Tile::default(), Vec::new()),
+                |(mut best, mut t, mut raw), r| {
+                    let rows = &all[r.clone()];
+                    // SAFETY: nothing writes the store during `predict`.
+                    let w = unsafe { tile_rows(&self.weight, rows, self.emb_dim, &mut raw) };
+                    self.tile_logits(w, self.bias.as_deref(), rows, &p, &mut t);
+                    for (j, row) in t.logits.chunks(bg.max(1)).enumerate() {
+                        let class = (self.shard.start + r.start + j) as u32;
+                        for (b, &v) in best.iter_mut().zip(row) {
+                            *b = better(*b, (v, class));
                         }
                     }
-                    (best, t)
+                    (best, t, raw)
                 },
             )
-            .map(|(b, _)| b)
+            .map(|(b, ..)| b)
             .reduce(
                 || vec![(f32::NEG_INFINITY, u32::MAX); bg],
                 |a, b| a.into_iter().zip(b).map(|(x, y)| better(x, y)).collect(),
@@ -972,14 +1045,15 @@ impl MarginSoftmax {
     }
 }
 
-/// Receives each tile's gradients in pass 2: (local rows, their raw weights `[n, D]`,
-/// dL/dW `[n, D]`, dL/db `[n]` or empty).
-type TileSink<'a> = dyn Fn(&[u32], &[f32], &[f32], &[f32]) + Sync + 'a;
+/// Receives each tile's gradients in pass 2: (local rows, the tile with dL/d(used) in `du`
+/// (see [`MarginSoftmax::weight_grad`]), dL/db `[n]` or empty).
+type TileSink<'a> = dyn Fn(&[u32], &Tile, &[f32]) + Sync + 'a;
 
 /// The outcome of pass 1 after the all-reduces.
 struct Stats {
     gmax: Vec<f32>,
-    den: Vec<f32>,
+    /// `1 / (bg · Σ)` per global row: e^(z − max) times this is the gradient `p / B`.
+    coef: Vec<f32>,
     loss: f32,
     skip: bool,
 }

@@ -155,11 +155,7 @@ impl Rows {
     pub fn read_row(&self, r: usize, out: &mut [f32]) {
         match self {
             Rows::F32 { d, data } => out.copy_from_slice(&data[r * d..(r + 1) * d]),
-            Rows::Bf16 { d, data } => {
-                for (o, v) in out.iter_mut().zip(&data[r * d..(r + 1) * d]) {
-                    *o = v.to_f32();
-                }
-            }
+            Rows::Bf16 { d, data } => widen(&data[r * d..(r + 1) * d], out),
         }
     }
 
@@ -186,6 +182,68 @@ impl Rows {
         match self {
             Rows::F32 { data, .. } => data.clone(),
             Rows::Bf16 { data, .. } => data.iter().map(|v| v.to_f32()).collect(),
+        }
+    }
+}
+
+/// Rows read by a pass of the fused kernel: a shared store, or the writer of the update.
+pub(crate) trait RowSource: Sync {
+    /// Row `r` as f32: the stored row itself for f32, converted into `buf` (`d` long) for bf16.
+    ///
+    /// # Safety
+    /// No other thread writes row `r` while the returned slice is alive.
+    unsafe fn row<'s>(&'s self, r: usize, buf: &'s mut [f32]) -> &'s [f32];
+    /// Asks the CPU to start loading row `r` into cache (a hint: never faults, no effect
+    /// elsewhere), so that the rows after the current one stream in while it is processed.
+    fn prefetch_row(&self, r: usize);
+    /// Rows `range` as one slice when the store is f32; `None` for bf16.
+    ///
+    /// # Safety
+    /// No other thread writes these rows while the returned slice is alive.
+    unsafe fn f32_block(&self, range: std::ops::Range<usize>) -> Option<&[f32]>;
+}
+
+/// Prefetch hints for the cache lines of `data`.
+pub(crate) fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..std::mem::size_of_val(data)).step_by(64) {
+        // SAFETY: a prefetch is a hint that never faults; the address lies inside `data`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                data.as_ptr().cast::<i8>().wrapping_add(off),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+fn widen(src: &[bf16], buf: &mut [f32]) {
+    for (o, v) in buf.iter_mut().zip(src) {
+        *o = v.to_f32();
+    }
+}
+
+impl RowSource for Rows {
+    unsafe fn f32_block(&self, range: std::ops::Range<usize>) -> Option<&[f32]> {
+        match self {
+            Rows::F32 { d, data } => Some(&data[range.start * d..range.end * d]),
+            Rows::Bf16 { .. } => None,
+        }
+    }
+    fn prefetch_row(&self, r: usize) {
+        match self {
+            Rows::F32 { d, data } => prefetch(&data[r * d..(r + 1) * d]),
+            Rows::Bf16 { d, data } => prefetch(&data[r * d..(r + 1) * d]),
+        }
+    }
+    unsafe fn row<'s>(&'s self, r: usize, buf: &'s mut [f32]) -> &'s [f32] {
+        match self {
+            Rows::F32 { d, data } => &data[r * d..(r + 1) * d],
+            Rows::Bf16 { d, data } => {
+                widen(&data[r * d..(r + 1) * d], buf);
+                buf
+            }
         }
     }
 }
@@ -236,15 +294,23 @@ impl<'a> RowWriter<'a> {
         unsafe {
             match self.ptr {
                 RowsPtr::F32(p) => out.copy_from_slice(std::slice::from_raw_parts(p.add(r * self.d), self.d)),
-                RowsPtr::Bf16(p) => {
-                    for (o, v) in out
-                        .iter_mut()
-                        .zip(std::slice::from_raw_parts(p.add(r * self.d), self.d))
-                    {
-                        *o = v.to_f32();
-                    }
-                }
+                RowsPtr::Bf16(p) => widen(std::slice::from_raw_parts(p.add(r * self.d), self.d), out),
             }
+        }
+    }
+
+    /// Row `r` of an f32 store, to update in place; `None` for bf16.
+    ///
+    /// # Safety
+    /// No other thread reads or writes row `r` while the returned slice is alive.
+    #[allow(clippy::mut_from_ref)] // rows are handed out disjointly under the contract above
+    pub(crate) unsafe fn f32_row_mut(&self, r: usize) -> Option<&mut [f32]> {
+        assert!(r < self.rows);
+        match self.ptr {
+            // SAFETY: r < rows keeps the row inside the allocation; the caller guarantees
+            // exclusive access to it while the slice lives.
+            RowsPtr::F32(p) => Some(unsafe { std::slice::from_raw_parts_mut(p.add(r * self.d), self.d) }),
+            RowsPtr::Bf16(_) => None,
         }
     }
 
@@ -268,6 +334,46 @@ impl<'a> RowWriter<'a> {
                         }
                         *o = bf16_stochastic(v, (bits >> (16 * (k % 4))) as u32);
                     }
+                }
+            }
+        }
+    }
+}
+
+impl RowSource for RowWriter<'_> {
+    unsafe fn f32_block(&self, range: std::ops::Range<usize>) -> Option<&[f32]> {
+        assert!(range.start <= range.end && range.end <= self.rows);
+        match self.ptr {
+            RowsPtr::F32(p) => {
+                // SAFETY: the range lies inside the allocation; the caller guarantees that no
+                // thread writes these rows while the slice lives.
+                Some(unsafe { std::slice::from_raw_parts(p.add(range.start * self.d), range.len() * self.d) })
+            }
+            RowsPtr::Bf16(_) => None,
+        }
+    }
+    fn prefetch_row(&self, r: usize) {
+        if r < self.rows {
+            // SAFETY: row r lies inside the allocation; the slices only feed prefetch hints,
+            // which read nothing, so a concurrent writer of the row does no harm.
+            unsafe {
+                match self.ptr {
+                    RowsPtr::F32(p) => prefetch(std::slice::from_raw_parts(p.add(r * self.d), self.d)),
+                    RowsPtr::Bf16(p) => prefetch(std::slice::from_raw_parts(p.add(r * self.d), self.d)),
+                }
+            }
+        }
+    }
+    unsafe fn row<'s>(&'s self, r: usize, buf: &'s mut [f32]) -> &'s [f32] {
+        assert!(r < self.rows);
+        // SAFETY: r < rows keeps the row inside the allocation; the caller guarantees that
+        // no thread writes it while the slice lives.
+        unsafe {
+            match self.ptr {
+                RowsPtr::F32(p) => std::slice::from_raw_parts(p.add(r * self.d), self.d),
+                RowsPtr::Bf16(p) => {
+                    widen(std::slice::from_raw_parts(p.add(r * self.d), self.d), buf);
+                    buf
                 }
             }
         }

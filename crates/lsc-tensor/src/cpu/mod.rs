@@ -1,7 +1,7 @@
 //! CPU kernels on plain slices. Each has a plain reference in [`reference`] and a test against it.
 
 mod conv; // defines: im2col(_ld), col2im(_ld), ConvGeom
-pub mod math; // defines: exp (vectorisable), exp_shifted_sum
+pub mod math; // defines: exp (vectorisable), column softmax kernels, dot_wide, sgd_momentum
 mod matmul; // defines: matmul, Trans, Par
 pub mod par; // defines: ordered_fold (deterministic parallel reductions)
 pub mod reference; // defines: matmul_ref, conv2d_ref, winograd_ref (plain loops, f64 accumulation)
