@@ -27,6 +27,7 @@ use lsc_tensor::cpu::par::ordered_fold;
 use lsc_tensor::cpu::{Par, Trans, math, matmul};
 use lsc_tensor::{Rng, Tensor};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -132,6 +133,17 @@ struct Tile {
     logits: Vec<f32>,
     /// `[n, D]`: `diag(f)·dL/dlogit · X̂` (margin) or dL/dW (softmax).
     du: Vec<f32>,
+}
+
+thread_local! {
+    /// Each thread's tile scratch and gathered rows, kept from tile to tile and from step to
+    /// step: fresh buffers per chunk cost page faults (a fifth of a Partial FC step at 1M
+    /// classes). Borrowed for one tile at a time; nothing inside a tile re-enters rayon.
+    static SCRATCH: RefCell<(Tile, Vec<f32>)> = RefCell::new((Tile::default(), Vec::new()));
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Tile, &mut Vec<f32>) -> R) -> R {
+    SCRATCH.with_borrow_mut(|(t, raw)| f(t, raw))
 }
 
 /// The rows `R` of a tile: borrowed from an f32 store when they are consecutive, else read
@@ -536,42 +548,44 @@ impl MarginSoftmax {
                 vec![f32::NEG_INFINITY; bg],
                 vec![0.0f64; bg],
                 vec![f32::NAN; bg],
-                (Tile::default(), Vec::new(), vec![0.0f32; bg], vec![0.0f32; bg]),
+                (vec![0.0f32; bg], vec![0.0f32; bg]),
             )
         };
         let tiles = self.tiles(sel.len());
         let (m, l, tgt, _) = ordered_fold(
             tiles.len(),
             init,
-            |(mut m, mut l, mut tgt, (mut t, mut raw, mut mx, mut acc)), k| {
-                let r = tiles[k].clone();
-                let n = r.len();
-                // SAFETY: pass 1 writes no row.
-                let w = unsafe { tile_rows(src, &sel[r.clone()], self.emb_dim, &mut raw) };
-                self.tile_logits(w, bias, &sel[r.clone()], p, &mut t);
-                for (i, j, _) in self.apply_margin(target, r.start, n, &mut t.logits) {
-                    tgt[i] = t.logits[j * bg + i];
-                }
-                mx.copy_from_slice(&m);
-                for row in t.logits.chunks_exact(bg.max(1)) {
-                    math::max_into(&mut mx, row);
-                }
-                for i in 0..bg {
-                    if m[i] != f32::NEG_INFINITY {
-                        l[i] *= ((m[i] - mx[i]) as f64).exp();
+            |(mut m, mut l, mut tgt, (mut mx, mut acc)), k| {
+                with_scratch(|t, raw| {
+                    let r = tiles[k].clone();
+                    let n = r.len();
+                    // SAFETY: pass 1 writes no row.
+                    let w = unsafe { tile_rows(src, &sel[r.clone()], self.emb_dim, raw) };
+                    self.tile_logits(w, bias, &sel[r.clone()], p, t);
+                    for (i, j, _) in self.apply_margin(target, r.start, n, &mut t.logits) {
+                        tgt[i] = t.logits[j * bg + i];
                     }
-                }
-                for block in t.logits.chunks(SUM_BLOCK * bg.max(1)) {
-                    acc.fill(0.0);
-                    for row in block.chunks_exact(bg.max(1)) {
-                        math::exp_sub_acc(row, &mx, &mut acc);
+                    mx.copy_from_slice(&m);
+                    for row in t.logits.chunks_exact(bg.max(1)) {
+                        math::max_into(&mut mx, row);
                     }
-                    for (li, &a) in l.iter_mut().zip(&acc) {
-                        *li += a as f64;
+                    for i in 0..bg {
+                        if m[i] != f32::NEG_INFINITY {
+                            l[i] *= ((m[i] - mx[i]) as f64).exp();
+                        }
                     }
-                }
-                m.copy_from_slice(&mx);
-                (m, l, tgt, (t, raw, mx, acc))
+                    for block in t.logits.chunks(SUM_BLOCK * bg.max(1)) {
+                        acc.fill(0.0);
+                        for row in block.chunks_exact(bg.max(1)) {
+                            math::exp_sub_acc(row, &mx, &mut acc);
+                        }
+                        for (li, &a) in l.iter_mut().zip(&acc) {
+                            *li += a as f64;
+                        }
+                    }
+                    m.copy_from_slice(&mx);
+                });
+                (m, l, tgt, (mx, acc))
             },
             |(mut m, mut l, mut tg, w), (m2, l2, t2, _)| {
                 for i in 0..bg {
@@ -672,37 +686,39 @@ impl MarginSoftmax {
         let tiles = self.tiles(sel.len());
         let (dx, ..) = ordered_fold(
             tiles.len(),
-            || (vec![0.0f32; bg * d], Tile::default(), Vec::new(), Vec::new()),
-            |(mut dx, mut t, mut raw, mut db), k| {
-                let r = tiles[k].clone();
-                let n = r.len();
-                let rows = &sel[r.clone()];
-                // SAFETY: a tile's rows are written only by its own sink, after `w`'s last use.
-                let w = unsafe { tile_rows(src, rows, d, &mut raw) };
-                self.tile_logits(w, bias, rows, p, &mut t);
-                let hits = self.apply_margin(target, r.start, n, &mut t.logits);
-                self.logits_to_grad(st, &hits, &mut t);
-                db.clear();
-                if bias.is_some() {
-                    db.extend(t.logits.chunks(bg.max(1)).map(|row| row.iter().sum::<f32>()));
-                }
-                // dX̂ += Gᵀ·R (G is [n, bg]) ; du = G·X̂
-                matmul(Trans::T, Trans::N, bg, d, n, &t.logits, w, &mut dx, true, Par::Seq);
-                t.du.resize(n * d, 0.0);
-                matmul(
-                    Trans::N,
-                    Trans::N,
-                    n,
-                    d,
-                    bg,
-                    &t.logits,
-                    &p.all,
-                    &mut t.du,
-                    false,
-                    Par::Seq,
-                );
-                sink(rows, &t, &db);
-                (dx, t, raw, db)
+            || (vec![0.0f32; bg * d], Vec::new()),
+            |(mut dx, mut db), k| {
+                with_scratch(|t, raw| {
+                    let r = tiles[k].clone();
+                    let n = r.len();
+                    let rows = &sel[r.clone()];
+                    // SAFETY: a tile's rows are written only by its own sink, after `w`'s last use.
+                    let w = unsafe { tile_rows(src, rows, d, raw) };
+                    self.tile_logits(w, bias, rows, p, t);
+                    let hits = self.apply_margin(target, r.start, n, &mut t.logits);
+                    self.logits_to_grad(st, &hits, t);
+                    db.clear();
+                    if bias.is_some() {
+                        db.extend(t.logits.chunks(bg.max(1)).map(|row| row.iter().sum::<f32>()));
+                    }
+                    // dX̂ += Gᵀ·R (G is [n, bg]) ; du = G·X̂
+                    matmul(Trans::T, Trans::N, bg, d, n, &t.logits, w, &mut dx, true, Par::Seq);
+                    t.du.resize(n * d, 0.0);
+                    matmul(
+                        Trans::N,
+                        Trans::N,
+                        n,
+                        d,
+                        bg,
+                        &t.logits,
+                        &p.all,
+                        &mut t.du,
+                        false,
+                        Par::Seq,
+                    );
+                    sink(rows, t, &db);
+                });
+                (dx, db)
             },
             |mut a, b| {
                 for (x, y) in a.0.iter_mut().zip(&b.0) {
@@ -1008,22 +1024,23 @@ impl MarginSoftmax {
             .tiles(all.len())
             .into_par_iter()
             .fold(
-                || (vec![(f32::NEG_INFINITY, u32::MAX); bg], Tile::default(), Vec::new()),
-                |(mut best, mut t, mut raw), r| {
-                    let rows = &all[r.clone()];
-                    // SAFETY: nothing writes the store during `predict`.
-                    let w = unsafe { tile_rows(&self.weight, rows, self.emb_dim, &mut raw) };
-                    self.tile_logits(w, self.bias.as_deref(), rows, &p, &mut t);
-                    for (j, row) in t.logits.chunks(bg.max(1)).enumerate() {
-                        let class = (self.shard.start + r.start + j) as u32;
-                        for (b, &v) in best.iter_mut().zip(row) {
-                            *b = better(*b, (v, class));
+                || vec![(f32::NEG_INFINITY, u32::MAX); bg],
+                |mut best, r| {
+                    with_scratch(|t, raw| {
+                        let rows = &all[r.clone()];
+                        // SAFETY: nothing writes the store during `predict`.
+                        let w = unsafe { tile_rows(&self.weight, rows, self.emb_dim, raw) };
+                        self.tile_logits(w, self.bias.as_deref(), rows, &p, t);
+                        for (j, row) in t.logits.chunks(bg.max(1)).enumerate() {
+                            let class = (self.shard.start + r.start + j) as u32;
+                            for (b, &v) in best.iter_mut().zip(row) {
+                                *b = better(*b, (v, class));
+                            }
                         }
-                    }
-                    (best, t, raw)
+                    });
+                    best
                 },
             )
-            .map(|(b, ..)| b)
             .reduce(
                 || vec![(f32::NEG_INFINITY, u32::MAX); bg],
                 |a, b| a.into_iter().zip(b).map(|(x, y)| better(x, y)).collect(),
