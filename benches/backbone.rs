@@ -6,7 +6,7 @@
 //! per layer type, each against the plain GEMM rate on that layer type's shapes, measured in
 //! the same run. Ends with one JSON line.
 
-use lsc_benches::{Flags, JsonLine, peak_rss_mb};
+use lsc_benches::{Flags, JsonLine, median, peak_rss_mb};
 use lsc_nn::{Backbone, IResNet, InferenceNet, Mode, ResNetConfig, profile};
 use lsc_optim::Sgd;
 use lsc_tensor::cpu::{Par, Trans, matmul};
@@ -62,12 +62,6 @@ fn parse() -> Result<Args, String> {
         return Err(format!("--batch and --steps must be positive\n{USAGE}"));
     }
     Ok(a)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
 }
 
 /// Resets `VmHWM` to the current RSS (Linux ≥ 4.0); false where that is not possible.

@@ -11,7 +11,7 @@
 //! algbw·2(n−1)/n for all-reduce, algbw·(n−1)/n for all-gather and reduce-scatter, algbw for
 //! broadcast.
 
-use lsc_benches::{Flags, JsonLine, median_secs, peak_rss_mb};
+use lsc_benches::{Flags, JsonLine, median, median_secs, peak_rss_mb};
 use lsc_comm::{Communicator, ReduceOp, ThreadComm, run_ranks};
 use std::time::Instant;
 
@@ -225,11 +225,10 @@ fn run_rank(c: &ThreadComm, sizes: &[usize], fixed_reps: Option<usize>) -> Vec<V
 /// Median over reps of the slowest rank's time: `per_rank[rank][rep]`.
 fn slowest_median(per_rank: &[&Vec<f64>]) -> f64 {
     let reps = per_rank[0].len();
-    let mut t: Vec<f64> = (0..reps)
+    let t: Vec<f64> = (0..reps)
         .map(|i| per_rank.iter().map(|v| v[i]).fold(0.0, f64::max))
         .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    median(&t)
 }
 
 /// Single-thread `copy_from_slice` of `bytes`: median seconds.

@@ -2,7 +2,7 @@
 //! backward and SGD update) on random data, against this machine's plain GEMM rate on the same
 //! shapes measured in the same run. Prints one line per step and a final JSON line.
 
-use lsc_benches::{Flags, JsonLine, median_secs, peak_rss_mb};
+use lsc_benches::{Flags, JsonLine, median, median_secs, peak_rss_mb};
 use lsc_comm::{Communicator, LocalComm, run_ranks};
 use lsc_head::{DType, HeadConfig, LossKind, MarginSoftmax, Update};
 use lsc_tensor::cpu::{Par, Trans, matmul};
@@ -239,12 +239,6 @@ fn run_rank(a: &Args, comm: &dyn Communicator) -> RankRun {
         rows,
         state: head.state_bytes(),
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
 }
 
 fn main() {

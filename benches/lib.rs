@@ -8,15 +8,24 @@ pub fn median_secs(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..warmup {
         f();
     }
-    let mut t: Vec<f64> = (0..reps.max(1))
+    let t: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let s = Instant::now();
             f();
             s.elapsed().as_secs_f64()
         })
         .collect();
-    t.sort_by(|a, b| a.total_cmp(b));
-    t[t.len() / 2]
+    median(&t)
+}
+
+/// The median of `v` (the upper one of an even count).
+///
+/// # Panics
+/// When `v` is empty.
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
 }
 
 /// Accumulates `"key":value` pairs for the closing JSON line.
