@@ -161,14 +161,12 @@ unsafe fn tile_rows<'s>(src: &'s dyn RowSource, rows: &[u32], d: usize, raw: &'s
         return block;
     }
     raw.resize(n * d, 0.0);
-    let mut buf = vec![0.0f32; d];
-    for (k, &r) in rows.iter().enumerate() {
+    for (k, (&r, out)) in rows.iter().zip(raw.chunks_mut(d.max(1))).enumerate() {
         if let Some(&ahead) = rows.get(k + PREFETCH_ROWS) {
             src.prefetch_row(ahead as usize);
         }
         // SAFETY: forwarded to the caller; the row is copied out at once.
-        let w = unsafe { src.row(r as usize, &mut buf) };
-        raw[k * d..(k + 1) * d].copy_from_slice(w);
+        unsafe { src.copy_row(r as usize, out) };
     }
     raw
 }
@@ -463,10 +461,9 @@ impl MarginSoftmax {
         if self.margin.is_some() {
             // The norms first: this pass streams the rows into cache (prefetching ahead) for
             // the product that follows.
-            let rows_d: Vec<&[f32]> = w.chunks(d.max(1)).collect();
-            for (k, row) in rows_d.iter().enumerate() {
-                if let Some(ahead) = rows_d.get(k + PREFETCH_ROWS) {
-                    prefetch(ahead);
+            for (k, row) in w.chunks(d.max(1)).enumerate() {
+                if let Some(ahead) = w.get((k + PREFETCH_ROWS) * d..) {
+                    prefetch(ahead.as_ptr().cast(), d.min(ahead.len()) * 4);
                 }
                 let norm = math::dot_wide(row, row).sqrt().max(NORM_EPS);
                 t.norms.push(norm);
@@ -541,8 +538,8 @@ impl MarginSoftmax {
     ) -> Result<Stats, HeadError> {
         let bias = self.bias.as_deref();
         let bg = p.bg;
-        // Per chunk of tiles: running max, sum of e^(z − max) in f64, target logits, scratch
-        // (the tile, the tile's max and its f32 block sums).
+        // Per chunk of tiles: running max, sum of e^(z − max) in f64, target logits, and the
+        // tile's max and f32 block sums (the tile itself is the thread's scratch).
         let init = || {
             (
                 vec![f32::NEG_INFINITY; bg],
@@ -671,7 +668,8 @@ impl MarginSoftmax {
         }
     }
 
-    /// Pass 2: per tile, dL/d(used) and dL/db to `sink` (rows, tile, db) and dL/dX̂ summed.
+    /// Pass 2: per tile, `du` (see [`MarginSoftmax::weight_grad`]) and dL/db to `sink` (rows,
+    /// tile, db) and dL/dX̂ summed.
     fn backward_tiles(
         &self,
         src: &dyn RowSource,
@@ -780,8 +778,8 @@ impl MarginSoftmax {
             let d = self.emb_dim;
             let (lr, mu, wd) = (upd.lr, upd.momentum, upd.weight_decay);
             let sink = |rows: &[u32], t: &Tile, db: &[f32]| {
-                let mut g = vec![0.0f32; d];
-                let (mut v, mut w) = (Vec::new(), Vec::new());
+                // Row buffers of the bf16 path only.
+                let (mut g, mut v, mut w) = (Vec::new(), Vec::new(), Vec::new());
                 for (k, &r) in rows.iter().enumerate() {
                     if let Some(&ahead) = rows.get(k + PREFETCH_ROWS) {
                         mw.prefetch_row(ahead as usize);
@@ -796,6 +794,7 @@ impl MarginSoftmax {
                             math::sgd_momentum_minus(wr, vr, du, b, lr, mu, wd);
                         }
                         _ => {
+                            g.resize(d, 0.0);
                             v.resize(d, 0.0);
                             w.resize(d, 0.0);
                             let mut rng = Rng::stream(step_seed, shard_start + r as u64);

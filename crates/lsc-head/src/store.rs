@@ -188,11 +188,11 @@ impl Rows {
 
 /// Rows read by a pass of the fused kernel: a shared store, or the writer of the update.
 pub(crate) trait RowSource: Sync {
-    /// Row `r` as f32: the stored row itself for f32, converted into `buf` (`d` long) for bf16.
+    /// Copies row `r` into `out` as f32.
     ///
     /// # Safety
-    /// No other thread writes row `r` while the returned slice is alive.
-    unsafe fn row<'s>(&'s self, r: usize, buf: &'s mut [f32]) -> &'s [f32];
+    /// No other thread writes row `r` during the call.
+    unsafe fn copy_row(&self, r: usize, out: &mut [f32]);
     /// Asks the CPU to start loading row `r` into cache (a hint: never faults, no effect
     /// elsewhere), so that the rows after the current one stream in while it is processed.
     fn prefetch_row(&self, r: usize);
@@ -203,19 +203,16 @@ pub(crate) trait RowSource: Sync {
     unsafe fn f32_block(&self, range: std::ops::Range<usize>) -> Option<&[f32]>;
 }
 
-/// Prefetch hints for the cache lines of `data`.
-pub(crate) fn prefetch<T>(data: &[T]) {
+/// Prefetch hints for the `bytes` bytes from `p`. A hint reads nothing and never faults, so
+/// `p` need not be valid and another thread may be writing there.
+pub(crate) fn prefetch(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    for off in (0..std::mem::size_of_val(data)).step_by(64) {
-        // SAFETY: a prefetch is a hint that never faults; the address lies inside `data`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                data.as_ptr().cast::<i8>().wrapping_add(off),
-            )
-        };
+    for off in (0..bytes).step_by(64) {
+        // SAFETY: _mm_prefetch only hints the cache; it dereferences nothing.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(off).cast()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
+    let _ = (p, bytes);
 }
 
 fn widen(src: &[bf16], buf: &mut [f32]) {
@@ -233,18 +230,12 @@ impl RowSource for Rows {
     }
     fn prefetch_row(&self, r: usize) {
         match self {
-            Rows::F32 { d, data } => prefetch(&data[r * d..(r + 1) * d]),
-            Rows::Bf16 { d, data } => prefetch(&data[r * d..(r + 1) * d]),
+            Rows::F32 { d, data } => prefetch(data.as_ptr().wrapping_add(r * d).cast(), d * 4),
+            Rows::Bf16 { d, data } => prefetch(data.as_ptr().wrapping_add(r * d).cast(), d * 2),
         }
     }
-    unsafe fn row<'s>(&'s self, r: usize, buf: &'s mut [f32]) -> &'s [f32] {
-        match self {
-            Rows::F32 { d, data } => &data[r * d..(r + 1) * d],
-            Rows::Bf16 { d, data } => {
-                widen(&data[r * d..(r + 1) * d], buf);
-                buf
-            }
-        }
+    unsafe fn copy_row(&self, r: usize, out: &mut [f32]) {
+        self.read_row(r, out);
     }
 }
 
@@ -353,30 +344,14 @@ impl RowSource for RowWriter<'_> {
         }
     }
     fn prefetch_row(&self, r: usize) {
-        if r < self.rows {
-            // SAFETY: row r lies inside the allocation; the slices only feed prefetch hints,
-            // which read nothing, so a concurrent writer of the row does no harm.
-            unsafe {
-                match self.ptr {
-                    RowsPtr::F32(p) => prefetch(std::slice::from_raw_parts(p.add(r * self.d), self.d)),
-                    RowsPtr::Bf16(p) => prefetch(std::slice::from_raw_parts(p.add(r * self.d), self.d)),
-                }
-            }
+        match self.ptr {
+            RowsPtr::F32(p) => prefetch(p.wrapping_add(r * self.d).cast(), self.d * 4),
+            RowsPtr::Bf16(p) => prefetch(p.wrapping_add(r * self.d).cast(), self.d * 2),
         }
     }
-    unsafe fn row<'s>(&'s self, r: usize, buf: &'s mut [f32]) -> &'s [f32] {
-        assert!(r < self.rows);
-        // SAFETY: r < rows keeps the row inside the allocation; the caller guarantees that
-        // no thread writes it while the slice lives.
-        unsafe {
-            match self.ptr {
-                RowsPtr::F32(p) => std::slice::from_raw_parts(p.add(r * self.d), self.d),
-                RowsPtr::Bf16(p) => {
-                    widen(std::slice::from_raw_parts(p.add(r * self.d), self.d), buf);
-                    buf
-                }
-            }
-        }
+    unsafe fn copy_row(&self, r: usize, out: &mut [f32]) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.read_row(r, out) }
     }
 }
 

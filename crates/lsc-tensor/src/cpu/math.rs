@@ -100,18 +100,6 @@ pub fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn scale_into_body(dst: &mut [f32], src: &[f32], k: f32) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = s * k;
-    }
-}
-
-/// `dst[i] = k · src[i]`.
-pub fn scale_into(dst: &mut [f32], src: &[f32], k: f32) {
-    dispatch!(scale_into_avx2, scale_into_body, (dst: &mut [f32], src: &[f32], k: f32) -> ());
-}
-
-#[inline(always)]
 fn lin2_body(out: &mut [f32], x: &[f32], a: f32, y: &[f32], b: f32) {
     for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
         *o = a * x + b * y;
@@ -239,9 +227,6 @@ mod tests {
             let want = if i == 3 { 0.0 } else { xs[i].max(0.0) };
             assert_eq!(m[i], want);
         }
-        let mut sc = vec![0.0f32; n];
-        scale_into(&mut sc, &xs, 0.75);
-        assert!(sc.iter().zip(&xs).all(|(a, b)| *a == b * 0.75));
         assert_eq!(dot_wide(&xs, &k).to_bits(), dot(&xs, &k).to_bits());
         let mut l = vec![0.0f32; n];
         lin2(&mut l, &xs, 0.5, &k, -2.0);
