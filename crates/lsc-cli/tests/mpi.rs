@@ -366,51 +366,38 @@ fn mpi_two_hosts_in_network_namespaces() {
     std::fs::write(&hostfile, format!("{h1} slots=1\n{h2} slots=1\n")).unwrap();
 
     // The recipe of the README: mpirun on the first host, one rank per host, TCP between them.
-    let mut c = Command::new("ip");
-    c.args([
-        "netns",
-        "exec",
-        &h1,
-        "mpirun",
-        "--allow-run-as-root",
-        "-np",
-        "2",
-        "--hostfile",
-    ])
-    .arg(&hostfile)
-    .args(["--mca", "plm_rsh_agent"])
-    .arg(dir.join("rsh-netns"))
-    .args(["--mca", "btl", "tcp,self"])
-    .args(["--mca", "btl_tcp_if_include", "10.231.0.0/24"])
-    .args(["--mca", "oob_tcp_if_include", "10.231.0.0/24"])
-    .arg("sh")
-    .arg("-c")
-    .arg("echo \"rank $OMPI_COMM_WORLD_RANK on $(hostname)\"");
+    let mpirun = || {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &h1,
+            "mpirun",
+            "--allow-run-as-root",
+            "-np",
+            "2",
+            "--hostfile",
+        ])
+        .arg(&hostfile)
+        .args(["--mca", "plm_rsh_agent"])
+        .arg(dir.join("rsh-netns"))
+        .args(["--mca", "btl", "tcp,self"])
+        .args(["--mca", "btl_tcp_if_include", "10.231.0.0/24"])
+        .args(["--mca", "oob_tcp_if_include", "10.231.0.0/24"]);
+        c
+    };
+    let mut c = mpirun();
+    c.arg("sh")
+        .arg("-c")
+        .arg("echo \"rank $OMPI_COMM_WORLD_RANK on $(hostname)\"");
     let where_ = run(c, Duration::from_secs(120));
     assert!(where_.ok, "{}", where_.show());
     for (r, h) in [(0, &h1), (1, &h2)] {
         assert!(where_.stdout.contains(&format!("rank {r} on {h}")), "{}", where_.show());
     }
 
-    let mut c = Command::new("ip");
-    c.args([
-        "netns",
-        "exec",
-        &h1,
-        "mpirun",
-        "--allow-run-as-root",
-        "-np",
-        "2",
-        "--hostfile",
-    ])
-    .arg(&hostfile)
-    .args(["--mca", "plm_rsh_agent"])
-    .arg(dir.join("rsh-netns"))
-    .args(["--mca", "btl", "tcp,self"])
-    .args(["--mca", "btl_tcp_if_include", "10.231.0.0/24"])
-    .args(["--mca", "oob_tcp_if_include", "10.231.0.0/24"])
-    .arg(env!("CARGO_BIN_EXE_lsc"))
-    .args(train_args());
+    let mut c = mpirun();
+    c.arg(env!("CARGO_BIN_EXE_lsc")).args(train_args());
     let two_hosts = run(c, Duration::from_secs(300));
     assert!(two_hosts.ok, "{}", two_hosts.show());
 
